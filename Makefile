@@ -1,0 +1,45 @@
+# virtdeb: `make demo` shows it working in a throwaway chroot; `make check` runs every test.
+SHELL := /bin/bash
+export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+export PYTHONDONTWRITEBYTECODE := 1
+PY := /usr/bin/python3
+LINTVENV := .cache/lint-venv
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 --no-install-recommends
+
+# Everything the tests use, from Debian (the runtime is Debian's python3).
+DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
+	python3-debconf python3-pytest python3-hypothesis python3-mypy python3-venv \
+	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
+	bridge-utils iptables libcap2-bin attr netcat-openbsd iproute2 adduser passwd
+
+.PHONY: all deps lint unit test check check-full demo bench clean
+all: check
+
+.cache/deps.stamp:
+	mkdir -p .cache
+	$(APT_GET) update
+	$(APT_GET) install $(DEPS)
+	touch $@
+deps: .cache/deps.stamp
+
+$(LINTVENV)/bin/ruff:
+	$(PY) -m venv $(LINTVENV)
+	$(LINTVENV)/bin/pip install -q ruff==0.8.4
+
+lint: deps $(LINTVENV)/bin/ruff
+	$(LINTVENV)/bin/ruff check virtdeb tests bench hooks autopkgtest
+	$(PY) -m mypy --strict --config-file setup.cfg virtdeb
+	for t in virtdeb/lenses/tests/test_*.aug; do augparse -I virtdeb/lenses "$$t" || exit 1; done
+
+unit: deps
+	$(PY) -m pytest -q -p no:cacheprovider tests
+
+test: lint unit
+
+-include mk/*.mk
+
+check: test
+check-full: check
+
+clean:
+	rm -rf .cache .build build *.egg-info .mypy_cache .pytest_cache

@@ -1,0 +1,33 @@
+"""Every golden case: apply gives ``out``, a second apply changes nothing,
+revert gives back ``in`` byte for byte."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.golden import CASES, cases, make_root, settings, snapshot
+from virtdeb.host import Host
+from virtdeb.journal import Journal
+from virtdeb.rules import select
+
+
+def plan(root: Path, rule: str, overrides: dict[str, str]) -> list:
+    host = Host(root=root, uri="test:///default", overrides=overrides)
+    return [c for r in select([rule]) for c in r(host).plan()], host
+
+
+@pytest.mark.parametrize(("rule", "case"), cases())
+def test_golden(rule: str, case: str, tmp_path: Path) -> None:
+    where = CASES / rule / case
+    root = make_root(where, tmp_path)
+    before = snapshot(root)
+    changes, host = plan(root, rule, settings(where))
+    Journal(host).apply(changes, f"test {rule}")
+    assert snapshot(root) == snapshot(where / "out")
+    again, _ = plan(root, rule, settings(where))
+    assert again == [], "a second apply must change nothing"
+    if changes:
+        Journal(host).revert()
+    assert snapshot(root) == before

@@ -1,0 +1,4 @@
+from virtdeb.cli import main
+import sys
+
+sys.exit(main())

@@ -1,0 +1,156 @@
+"""The ``virtdeb`` command: thin argparse over the rules, the journal and the report.
+
+Exit codes: 0 all well; 1 a check FAILed or an operation failed; 2 usage or
+input error (a malformed file, an unknown rule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from virtdeb import __version__, report
+from virtdeb.errors import UsageError, VirtdebError
+from virtdeb.host import DEFAULT_URI, Host
+from virtdeb.journal import Journal
+from virtdeb.rules import Status, load_all, select
+
+log = logging.getLogger("virtdeb")
+
+# Modules that add subcommands: each has add_parser(subparsers) -> None and sets
+# the parser's ``func`` default to a handler (args) -> int.
+EXTRA_COMMANDS: list[str] = []
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def host_from(args: argparse.Namespace) -> Host:
+    overrides = {}
+    for item in getattr(args, "set", None) or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item}: expected SECTION.KEY=VALUE")
+        overrides[key] = value
+    return Host(root=Path(args.root), uri=args.connect or DEFAULT_URI, overrides=overrides)
+
+
+def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+    parser.add_argument("--root", default="/", metavar="DIR",
+                        help="act on the system installed under DIR (default /)")
+    parser.add_argument("--connect", "-c", metavar="URI",
+                        help=f"libvirt connection URI (default {DEFAULT_URI})")
+    if config:
+        parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
+                            help="override a virtdeb.conf value for this run")
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    host = host_from(args)
+    findings = []
+    for rule in select(args.rules):
+        findings.extend(rule(host).check())
+    if args.json:
+        report.findings_json(findings, sys.stdout)
+    else:
+        report.findings_text(findings, sys.stdout, quiet=args.quiet)
+    return 1 if any(f.status is Status.FAIL for f in findings) else 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    host = host_from(args)
+    rules = select(args.rules)
+    changes = [c for rule in rules for c in rule(host).plan()]
+    names = ", ".join(r.name for r in rules)
+    if not changes:
+        print(f"nothing to change: the host already matches ({names})")
+        return 0
+    report.plan_text(changes, sys.stdout)
+    if args.dry_run:
+        print(f"dry run: {len(changes)} change(s) shown, nothing written")
+        return 0
+    entry = Journal(host).apply(changes, "apply " + " ".join(r.name for r in rules))
+    assert entry is not None
+    print(f"applied {len(changes)} change(s) as journal entry {entry.id};"
+          f" undo with: virtdeb revert {entry.id}")
+    return 0
+
+
+def cmd_revert(args: argparse.Namespace) -> int:
+    host = host_from(args)
+    journal = Journal(host)
+    if args.list:
+        entries = journal.entries()
+        if not entries:
+            print("the journal is empty")
+        for e in entries:
+            print(f"{e.id}  {e.status:<8}  {e.command}: {', '.join(e.targets())}")
+        return 0
+    entry, messages = journal.revert(args.id)
+    for message in messages:
+        print(message)
+    print(f"reverted journal entry {entry.id} ({entry.command})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="virtdeb", description="Set up a libvirt host the way README.Debian asks.")
+    parser.add_argument("--version", action="version", version=f"virtdeb {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    rules_help = f"rules to run (default all: {', '.join(load_all())})"
+
+    p = sub.add_parser("doctor", help="check the host, change nothing")
+    add_host_options(p)
+    p.add_argument("--json", action="store_true", help="print findings as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="show only WARN and FAIL")
+    p.add_argument("rules", nargs="*", metavar="RULE", help=rules_help)
+    p.set_defaults(func=cmd_doctor)
+
+    p = sub.add_parser("apply", help="make the changes the rules plan (journaled)")
+    add_host_options(p)
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="show the changes as a diff, write nothing")
+    p.add_argument("rules", nargs="+", metavar="RULE", help=rules_help)
+    p.set_defaults(func=cmd_apply)
+
+    p = sub.add_parser("revert", help="undo the last apply, or the one named by ID")
+    add_host_options(p, config=False)
+    p.add_argument("--list", action="store_true", help="list the journal")
+    p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
+    p.set_defaults(func=cmd_revert)
+
+    for module in EXTRA_COMMANDS:
+        importlib.import_module(module).add_parser(sub)
+    return parser
+
+
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage
+        return int(exc.code or 0)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="virtdeb: %(message)s")
+    func: Handler = args.func
+    try:
+        return func(args)
+    except VirtdebError as exc:
+        print(f"virtdeb: error: {exc.message}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("virtdeb: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

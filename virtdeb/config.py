@@ -1,0 +1,183 @@
+"""virtdeb's own configuration file, ``/etc/virtdeb/virtdeb.conf``.
+
+It records the administrator's choices: which files of other packages virtdeb
+may change, and the values the rules need.  debconf answers are written into
+it by the maintainer scripts; the file stays the truth.  The format is INI::
+
+    [virtdeb]
+    allow_edit = qemu.conf bridge.conf
+    [bridge]
+    allow = br0
+
+Every value is checked when the file is read; a bad one is reported with the
+file and line.
+"""
+
+from __future__ import annotations
+
+import configparser
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from virtdeb.errors import ParseError, UsageError
+
+# The files of other packages virtdeb may edit only with the admin's say.
+FOREIGN_FILES = {
+    "qemu.conf": "/etc/libvirt/qemu.conf",
+    "xend-config.sxp": "/etc/xen/xend-config.sxp",
+    "bridge.conf": "/etc/qemu/bridge.conf",
+    "libvirtd.conf": "/etc/libvirt/libvirtd.conf",
+}
+
+Validator = Callable[[str], str | None]
+
+
+def _words(allowed: set[str] | None = None) -> Validator:
+    def check(value: str) -> str | None:
+        if allowed is None:
+            return None
+        bad = [w for w in value.split() if w not in allowed]
+        if bad:
+            return f"unknown value {bad[0]!r} (choose from {', '.join(sorted(allowed))})"
+        return None
+    return check
+
+
+def _choice(*allowed: str) -> Validator:
+    def check(value: str) -> str | None:
+        if value not in allowed:
+            return f"{value!r} is not one of {', '.join(allowed)}"
+        return None
+    return check
+
+
+_BOOL = _choice("yes", "no")
+
+# section -> key -> (default, validator)
+SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
+    "virtdeb": {"allow_edit": ("", _words(set(FOREIGN_FILES)))},
+    "xend": {"http_server": ("no", _BOOL)},
+    "network": {"autostart_default": ("yes", _BOOL)},
+    "bridge": {"allow": ("", _words()), "setuid_fallback": ("no", _BOOL)},
+    "access": {"users": ("", _words())},
+    "qemu": {"clear_emulator_capabilities": ("keep", _choice("keep", "0"))},
+    "cpu": {"on_microcode": ("warn", _choice("warn", "fix", "nothing"))},
+}
+
+_LINE_KEY = re.compile(r"^\s*([^=:\s]+)\s*[=:]")
+
+
+def _line_of(text: str, section: str, key: str | None) -> int | None:
+    current = None
+    for number, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("[") and stripped.endswith("]"):
+            current = stripped[1:-1].strip()
+            if key is None and current == section:
+                return number
+            continue
+        match = _LINE_KEY.match(line)
+        if key is not None and current == section and match and match.group(1) == key:
+            return number
+    return None
+
+
+@dataclass(frozen=True)
+class Config:
+    """The validated values: ``get(section, key)`` always answers."""
+
+    values: Mapping[tuple[str, str], str]
+    path: str = "/etc/virtdeb/virtdeb.conf"
+
+    @classmethod
+    def defaults(cls) -> Config:
+        return cls({(s, k): d for s, keys in SCHEMA.items() for k, (d, _) in keys.items()})
+
+    @classmethod
+    def parse(cls, text: str, path: str = "/etc/virtdeb/virtdeb.conf",
+              overrides: Mapping[str, str] | None = None) -> Config:
+        parser = configparser.ConfigParser(interpolation=None, strict=True,
+                                           inline_comment_prefixes=None)
+        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        try:
+            parser.read_string(text, source=path)
+        except configparser.MissingSectionHeaderError as exc:
+            raise ParseError(path, exc.lineno, None, "a [section] header must come first") from exc
+        except configparser.DuplicateOptionError as exc:
+            raise ParseError(path, exc.lineno, None,
+                             f"{exc.option!r} is set twice in [{exc.section}]") from exc
+        except configparser.DuplicateSectionError as exc:
+            raise ParseError(path, exc.lineno, None,
+                             f"section [{exc.section}] appears twice") from exc
+        except configparser.ParsingError as exc:
+            lineno = exc.errors[0][0] if exc.errors else None
+            raise ParseError(path, lineno, None, "not a 'key = value' line") from exc
+        values = dict(cls.defaults().values)
+        for section in parser.sections():
+            if section not in SCHEMA:
+                raise ParseError(path, _line_of(text, section, None), None,
+                                 f"unknown section [{section}]"
+                                 f" (known: {', '.join(SCHEMA)})")
+            for key, value in parser.items(section):
+                if key not in SCHEMA[section]:
+                    raise ParseError(path, _line_of(text, section, key), None,
+                                     f"unknown key {key!r} in [{section}]"
+                                     f" (known: {', '.join(SCHEMA[section])})")
+                value = " ".join(value.split())
+                problem = SCHEMA[section][key][1](value)
+                if problem:
+                    raise ParseError(path, _line_of(text, section, key), None,
+                                     f"{section}.{key}: {problem}")
+                values[(section, key)] = value
+        for dotted, value in (overrides or {}).items():
+            section, _, key = dotted.partition(".")
+            if key not in SCHEMA.get(section, {}):
+                raise UsageError(f"--set {dotted}: no such setting")
+            problem = SCHEMA[section][key][1](value)
+            if problem:
+                raise UsageError(f"--set {dotted}: {problem}")
+            values[(section, key)] = value
+        return cls(values, path)
+
+    @classmethod
+    def load(cls, real: Path, overrides: Mapping[str, str] | None = None,
+             shown: str = "/etc/virtdeb/virtdeb.conf") -> Config:
+        try:
+            data = real.read_bytes()
+        except FileNotFoundError:
+            return cls.parse("", shown, overrides)
+        except OSError as exc:
+            raise UsageError(f"{shown}: cannot read: {exc.strerror}") from exc
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ParseError(shown, line, None, "not UTF-8 text") from exc
+        return cls.parse(text, shown, overrides)
+
+    def get(self, section: str, key: str) -> str:
+        return self.values[(section, key)]
+
+    def words(self, section: str, key: str) -> list[str]:
+        return self.get(section, key).split()
+
+    def flag(self, section: str, key: str) -> bool:
+        return self.get(section, key) == "yes"
+
+    def may_edit(self, abspath: str) -> bool:
+        """Whether the admin allowed virtdeb to change this file of another package."""
+        allowed = {FOREIGN_FILES[name] for name in self.words("virtdeb", "allow_edit")}
+        return abspath in allowed
+
+    def render(self) -> str:
+        """The file text for these values (used when debconf answers are saved)."""
+        out = ["# virtdeb configuration: see virtdeb(8). Written by virtdeb;"
+               " your edits are kept.", ""]
+        for section, keys in SCHEMA.items():
+            out.append(f"[{section}]")
+            for key in keys:
+                out.append(f"{key} = {self.values[(section, key)]}".rstrip())
+            out.append("")
+        return "\n".join(out)

@@ -1,0 +1,186 @@
+"""The one Editor: a file's bytes through an Augeas lens, and back.
+
+The Editor never writes: it reads the exact bytes (refusing symlinks), parses
+them with one lens (``text_store``; no lens autoloading, no file loading),
+lets the rule change the tree, renders the text again (``text_retrieve``) and
+leaves a :class:`FileChange` in ``change`` when the bytes differ.  The
+journal makes the change with the one atomic writer.  A parse error raises
+:class:`ParseError` naming the file, line and column.
+
+    with Editor(host, "/etc/dnsmasq.d/00_libvirtd.conf", "Dnsmasq.lns", rule="dnsmasq") as ed:
+        ed.set("interface", "lo")
+    changes = ed.changes
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from virtdeb import fsio
+from virtdeb.changes import FileChange
+from virtdeb.errors import ParseError
+from virtdeb.host import Host
+
+log = logging.getLogger(__name__)
+
+LENS_DIR = str(Path(__file__).parent / "lenses")
+_AUG: Any = None
+
+
+def augeas_instance() -> Any:
+    """One Augeas per process: no files loaded, lenses loaded on first use."""
+    global _AUG
+    if _AUG is None:
+        import augeas
+
+        _AUG = augeas.Augeas(loadpath=LENS_DIR,
+                             flags=augeas.Augeas.NO_LOAD | augeas.Augeas.NO_MODL_AUTOLOAD)
+    return _AUG
+
+
+def _error_of(aug: Any, node: str) -> tuple[int | None, int | None, str]:
+    err = f"/augeas/text{node}/error"
+    kind = aug.get(err) or "error"
+    message = aug.get(f"{err}/message") or kind
+    line = aug.get(f"{err}/line")
+    char = aug.get(f"{err}/char")
+    return (int(line) if line else None, int(char) if char else None, f"{kind}: {message}")
+
+
+CREATED_DIR = "/var/lib/virtdeb/created"
+
+
+def created_marker(host: Host, rule: str, path: str) -> FileChange:
+    """An empty marker under /var/lib/virtdeb/created/PATH: virtdeb made PATH.
+
+    postrm reads these on purge and removes exactly the files virtdeb created.
+    """
+    marker = CREATED_DIR + path
+    before = fsio.read_bytes(host.path(marker), marker)
+    return FileChange(rule, marker, before, b"", mode=0o644)
+
+
+def was_created(host: Host, path: str) -> bool:
+    """Whether virtdeb created ``path`` (and its marker is still there)."""
+    return host.path(CREATED_DIR + path).is_file()
+
+
+class Editor:
+    """Edit one file through one lens; the result is ``change`` (or None)."""
+
+    _serial = 0
+
+    def __init__(self, host: Host, path: str, lens: str, *, rule: str = "",
+                 foreign: bool = False, mode: int | None = None, own: bool = False) -> None:
+        self.host = host
+        self.path = path
+        self.lens = lens
+        self.rule = rule
+        self.foreign = foreign
+        self.mode = mode
+        self.own = own
+        self.before: bytes | None = None
+        self._padded = False
+        self.change: FileChange | None = None
+        Editor._serial += 1
+        self._node = f"/virtdeb{Editor._serial}"
+        self.tree = f"{self._node}/tree"
+        self.aug = augeas_instance()
+
+    @property
+    def exists(self) -> bool:
+        return self.before is not None
+
+    @property
+    def changes(self) -> list[FileChange]:
+        """The change, and for a file virtdeb owns and creates, its ownership marker."""
+        if self.change is None:
+            return []
+        if self.own and self.before is None:
+            return [self.change, created_marker(self.host, self.rule, self.path)]
+        return [self.change]
+
+    def __enter__(self) -> Editor:
+        self.before = fsio.read_bytes(self.host.path(self.path), self.path)
+        text = self._decode(self.before or b"")
+        # python-augeas 0.5.0 stores "" as no value, which text_store refuses:
+        # parse an empty file as one blank line and drop that line in _render.
+        self._padded = text == ""
+        self.aug.set(f"{self._node}/text", "\n" if self._padded else text)
+        try:
+            self.aug.text_store(self.lens, f"{self._node}/text", self.tree)
+        except ValueError:
+            line, col, message = _error_of(self.aug, self.tree)
+            self._cleanup()
+            raise ParseError(self.path, line, col, f"cannot parse with {self.lens} ({message})")
+        except BaseException:
+            self._cleanup()
+            raise
+        return self
+
+    def _decode(self, data: bytes) -> str:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data[: exc.start].count(b"\n") + 1
+            raise ParseError(self.path, line, None, "not UTF-8 text") from exc
+        if "\0" in text:
+            line = text[: text.index("\0")].count("\n") + 1
+            raise ParseError(self.path, line, None, "contains a NUL byte")
+        return text
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        try:
+            if exc_type is None:
+                self._render()
+        finally:
+            self._cleanup()
+
+    def _render(self) -> None:
+        out = f"{self._node}/out"
+        try:
+            self.aug.text_retrieve(self.lens, f"{self._node}/text", self.tree, out)
+        except ValueError:
+            line, col, message = _error_of(self.aug, out)
+            raise ParseError(self.path, line, col,
+                             f"virtdeb built a tree {self.lens} cannot write ({message})",
+                             "this is a bug in virtdeb; please report it") from None
+        text = self.aug.get(out) or ""
+        if self._padded and text.startswith("\n"):
+            text = text[1:]
+        after = text.encode("utf-8")
+        if after != (self.before or b""):
+            self.change = FileChange(self.rule, self.path, self.before, after,
+                                     foreign=self.foreign, mode=self.mode)
+
+    def _cleanup(self) -> None:
+        self.aug.remove(self._node)
+        self.aug.remove(f"/augeas/text{self._node}")
+
+    # -- the tree, addressed relative to the file --------------------------
+    def _abs(self, rel: str) -> str:
+        return f"{self.tree}/{rel}" if rel else self.tree
+
+    def get(self, rel: str) -> str | None:
+        value: str | None = self.aug.get(self._abs(rel))
+        return value
+
+    def values(self, rel: str) -> list[str | None]:
+        return [self.aug.get(p) for p in self.aug.match(self._abs(rel))]
+
+    def match(self, rel: str) -> list[str]:
+        return [p[len(self.tree) + 1:] for p in self.aug.match(self._abs(rel))]
+
+    def set(self, rel: str, value: str | None) -> None:
+        self.aug.set(self._abs(rel), value)
+
+    def remove(self, rel: str) -> int:
+        removed: int = self.aug.remove(self._abs(rel))
+        return removed
+
+    def insert(self, rel: str, label: str, before: bool = True) -> None:
+        self.aug.insert(self._abs(rel), label, before)

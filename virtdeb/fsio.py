@@ -1,0 +1,107 @@
+"""The one writer: read a file's exact bytes and replace it atomically.
+
+Every byte virtdeb writes goes through :func:`atomic_write`: a temporary file
+in the same directory, mode and owner of the old file kept (0644 root:root for
+new files), fsync, ``os.replace``, fsync of the directory.  virtdeb never
+writes through a symlink: the link could lead anywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+from virtdeb.errors import SystemCommandError, UnsafePathError
+
+NEW_FILE_MODE = 0o644
+
+
+def read_bytes(real: Path, shown: str) -> bytes | None:
+    """The file's bytes, or None if it does not exist.  Refuses symlinks."""
+    try:
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UnsafePathError(
+                f"{shown}: is a symlink; virtdeb does not follow links it would write"
+                " through: replace it with a regular file or edit the target by hand"
+            ) from exc
+        raise SystemCommandError(f"{shown}: cannot read: {exc.strerror}") from exc
+    with os.fdopen(fd, "rb") as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise UnsafePathError(f"{shown}: is not a regular file; virtdeb leaves it alone")
+        return fh.read()
+
+
+def check_writable(real: Path, shown: str) -> None:
+    """Raise before any write if ``real`` could not be replaced safely."""
+    if real.is_symlink():
+        raise UnsafePathError(
+            f"{shown}: is a symlink; virtdeb does not write through links:"
+            " replace it with a regular file or edit the target by hand"
+        )
+    if real.exists() and not real.is_file():
+        raise UnsafePathError(f"{shown}: is not a regular file; virtdeb leaves it alone")
+    parent = real.parent
+    if parent.is_symlink():
+        raise UnsafePathError(f"{shown}: its directory {parent} is a symlink; virtdeb will"
+                              " not create files through it")
+
+
+def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -> None:
+    """Replace ``real`` with ``data`` atomically; create parents (0755) as needed."""
+    check_writable(real, shown)
+    try:
+        old = os.lstat(real)
+    except FileNotFoundError:
+        old = None
+    try:
+        real.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        check_writable(real, shown)
+        tmp = real.parent / f".{real.name}.virtdeb-new"
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o600)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                if old is not None:
+                    os.fchown(fh.fileno(), old.st_uid, old.st_gid)
+                    os.fchmod(fh.fileno(), stat.S_IMODE(old.st_mode))
+                else:
+                    os.fchmod(fh.fileno(), NEW_FILE_MODE if mode is None else mode)
+                os.fsync(fh.fileno())
+            os.replace(tmp, real)
+        except BaseException:
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass
+            raise
+        dfd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        raise SystemCommandError(f"{shown}: cannot write: {exc.strerror}; nothing was"
+                                 " changed in it") from exc
+
+
+def remove(real: Path, shown: str) -> None:
+    """Remove a file virtdeb created (used by revert)."""
+    check_writable(real, shown)
+    try:
+        os.unlink(real)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise SystemCommandError(f"{shown}: cannot remove: {exc.strerror}") from exc

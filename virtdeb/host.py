@@ -1,0 +1,164 @@
+"""The Host: everything a rule may ask about the machine, rooted at ``root``.
+
+A test points a Host at a fake root in a scratch directory; ``--root DIR``
+does the same for real.  Nothing in virtdeb touches the system except through
+a Host.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from virtdeb.errors import LibvirtError, SystemCommandError, UnsafePathError
+
+if TYPE_CHECKING:
+    from virtdeb.config import Config
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "qemu:///system"
+CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class Host:
+    """The machine virtdeb looks at and changes.
+
+    ``root`` is the directory every absolute path is taken under.  ``uri`` is
+    the libvirt connection URI.  ``netns`` names a network namespace whose
+    addresses and routes count as the host's (used by tests).
+    """
+
+    root: Path = Path("/")
+    uri: str = DEFAULT_URI
+    netns: str | None = None
+    overrides: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root).resolve()
+        self._conn: Any = None
+
+    # -- paths ---------------------------------------------------------------
+    @property
+    def is_live(self) -> bool:
+        """True when the root is the running system's ``/``."""
+        return self.root == Path("/")
+
+    def path(self, abspath: str) -> Path:
+        """The real location of ``abspath`` (an absolute path on the host)."""
+        if not abspath.startswith("/"):
+            raise ValueError(f"not an absolute path: {abspath!r}")
+        return self.root / abspath.lstrip("/")
+
+    def inside(self, real: Path) -> bool:
+        """Whether ``real`` (resolved) lies inside the root."""
+        try:
+            Path(os.path.realpath(real)).relative_to(self.root)
+        except ValueError:
+            return False
+        return True
+
+    def check_parent(self, abspath: str) -> Path:
+        """The real path for writing ``abspath``; refuse a parent that leaves the root."""
+        real = self.path(abspath)
+        parent = real.parent
+        if parent.exists() and not self.inside(parent):
+            raise UnsafePathError(
+                f"{abspath}: its directory leads outside {self.root} through a symlink;"
+                " virtdeb will not write there"
+            )
+        return real
+
+    @property
+    def state_dir(self) -> Path:
+        return self.path("/var/lib/virtdeb")
+
+    @property
+    def config_path(self) -> Path:
+        return self.path("/etc/virtdeb/virtdeb.conf")
+
+    # -- configuration -------------------------------------------------------
+    @cached_property
+    def config(self) -> Config:
+        from virtdeb.config import Config
+
+        return Config.load(self.config_path, self.overrides)
+
+    # -- dpkg ----------------------------------------------------------------
+    @cached_property
+    def _dpkg(self) -> dict[str, tuple[str, str]]:
+        """package name -> (status, version), read once with python-debian."""
+        from debian import deb822
+
+        status = self.path("/var/lib/dpkg/status")
+        packages: dict[str, tuple[str, str]] = {}
+        if not status.exists():
+            return packages
+        with open(status, encoding="utf-8", errors="replace") as fh:
+            for para in deb822.Packages.iter_paragraphs(fh, use_apt_pkg=False):
+                name = para.get("Package")
+                if name:
+                    packages[name] = (para.get("Status", ""), para.get("Version", ""))
+        return packages
+
+    def installed(self, package: str) -> bool:
+        """Whether dpkg has ``package`` installed (unpacked and configured counts)."""
+        status = self._dpkg.get(package, ("", ""))[0].split()
+        return len(status) == 3 and status[2] in ("installed", "triggers-pending",
+                                                   "triggers-awaited", "half-configured",
+                                                   "unpacked")
+
+    def version(self, package: str) -> str | None:
+        """The installed version of ``package``, or None."""
+        if not self.installed(package):
+            return None
+        return self._dpkg[package][1]
+
+    # -- commands ------------------------------------------------------------
+    def run(self, argv: Sequence[str], *, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command (never through a shell) with a clean PATH and C locale."""
+        env = {"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8"}
+        log.debug("running %s", " ".join(argv))
+        try:
+            proc = subprocess.run(list(argv), capture_output=True, text=True, env=env,
+                                  input=input, check=False)
+        except OSError as exc:
+            raise SystemCommandError(f"{argv[0]}: {exc.strerror}; is it installed?") from exc
+        if check and proc.returncode != 0:
+            detail = (proc.stderr or proc.stdout).strip().splitlines()
+            raise SystemCommandError(
+                f"{' '.join(argv)} failed ({proc.returncode}): "
+                f"{detail[-1] if detail else 'no output'}"
+            )
+        return proc
+
+    # -- libvirt -------------------------------------------------------------
+    def connect(self) -> Any:
+        """One libvirt connection for the Host's lifetime (read-write)."""
+        if self._conn is None:
+            import libvirt
+
+            libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+            try:
+                self._conn = libvirt.open(self.uri)
+            except libvirt.libvirtError as exc:
+                raise LibvirtError(
+                    f"cannot connect to {self.uri}: {exc.get_error_message()};"
+                    " is libvirtd running? (--connect URI picks another)"
+                ) from exc
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            finally:
+                self._conn = None

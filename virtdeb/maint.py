@@ -1,0 +1,109 @@
+"""The maintainer-script entry: postinst ``configure`` and ``triggered``, and boot.
+
+Called by a thin sh postinst (``/usr/lib/virtdeb/maint configure OLDVERSION``
+or ``maint triggered "TRIGGER..."``).  It applies what the administrator
+allowed: changes to virtdeb's own files always, changes to another package's
+conffile only when ``[virtdeb] allow_edit`` names it.  A problem in one rule is
+reported and the others still run; an install fails only when virtdeb itself
+cannot work (its own configuration file is unreadable).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from virtdeb.changes import Change, FileChange
+from virtdeb.errors import VirtdebError
+from virtdeb.host import Host
+from virtdeb.journal import Journal
+from virtdeb.rules import RULES, load_all
+
+log = logging.getLogger(__name__)
+
+# Which rules a trigger name runs: a path prefix of the trigger -> rule names.
+TRIGGERS: dict[str, list[str]] = {
+    "/lib/firmware/intel-ucode": ["cpu"],
+    "/usr/lib/firmware/intel-ucode": ["cpu"],
+    "/lib/firmware/amd-ucode": ["cpu"],
+    "/usr/lib/firmware/amd-ucode": ["cpu"],
+    "/usr/lib/qemu/qemu-bridge-helper": ["bridge"],
+    "/lib/qemu/qemu-bridge-helper": ["bridge"],
+    "/etc/init.d/dnsmasq": ["dnsmasq"],
+    "/usr/sbin/dnsmasq": ["dnsmasq"],
+    "/bin/nc.openbsd": ["ssh"],
+    "/usr/bin/nc.openbsd": ["ssh"],
+}
+
+# The rules postinst configure runs, in order.
+CONFIGURE_RULES = ["xend", "network", "dnsmasq", "bridge", "access", "qemu", "ssh", "cpu"]
+
+
+def allowed(host: Host, change: Change) -> bool:
+    """Own files always; another package's conffile only with consent."""
+    if not change.foreign:
+        return True
+    return isinstance(change, FileChange) and host.config.may_edit(change.target)
+
+
+def run_rules(host: Host, names: Sequence[str], command: str) -> int:
+    """Plan and apply each rule on its own; return how many rules failed."""
+    failed = 0
+    known = load_all()
+    for name in names:
+        if name not in known:
+            continue
+        try:
+            changes = RULES[name](host).plan()
+            skipped = [c for c in changes if not allowed(host, c)]
+            for change in skipped:
+                log.warning("%s: not changing %s (another package's file; allow it with"
+                            " dpkg-reconfigure virtdeb)", name, change.target)
+            todo = [c for c in changes if allowed(host, c)]
+            entry = Journal(host).apply(todo, f"{command} {name}")
+            if entry:
+                log.warning("%s: changed %s (undo: virtdeb revert %s)", name,
+                            ", ".join(c.target for c in todo), entry.id)
+        except VirtdebError as exc:
+            failed += 1
+            log.warning("%s: %s", name, exc.message)
+    return failed
+
+
+def rules_for_triggers(names: Sequence[str]) -> list[str]:
+    wanted: list[str] = []
+    for trigger in " ".join(names).split():
+        for prefix, rules in TRIGGERS.items():
+            if trigger == prefix or trigger.startswith(prefix + "/"):
+                wanted.extend(r for r in rules if r not in wanted)
+    return wanted
+
+
+def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, format="virtdeb: %(message)s")
+    if not args:
+        print("usage: maint configure [OLDVERSION] | triggered TRIGGERS", file=sys.stderr)
+        return 2
+    host = Host(root=Path(root))
+    try:
+        host.config  # noqa: B018 - a broken config file is the one fatal error
+    except VirtdebError as exc:
+        print(f"virtdeb: error: {exc.message}", file=sys.stderr)
+        return 1
+    action = args[0]
+    if action == "configure":
+        run_rules(host, CONFIGURE_RULES, "postinst configure")
+    elif action == "triggered":
+        run_rules(host, rules_for_triggers(args[1:]), "postinst triggered")
+    else:
+        print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
+        return 2
+    host.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

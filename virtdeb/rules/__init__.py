@@ -1,0 +1,89 @@
+"""Rules: one per section of README.Debian.
+
+A rule's ``check()`` returns findings and never changes anything; ``plan()``
+returns the changes that would fix what check found.  Rules never print and
+never exit.  Every rule module registers its class in :data:`RULES` with the
+:func:`register` decorator; the order of :data:`ORDER` is the order doctor shows.
+"""
+
+from __future__ import annotations
+
+import enum
+import importlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, TypeVar
+
+from virtdeb.changes import Change
+from virtdeb.errors import UsageError
+from virtdeb.host import Host
+
+# The order doctor shows the rules in; each is a module of this package.
+ORDER = ["xend", "debug", "network", "dnsmasq", "bridge", "access", "qemu", "ssh", "cpu"]
+
+
+class Status(enum.Enum):
+    PASS = "PASS"
+    WARN = "WARN"
+    FAIL = "FAIL"
+    NOTE = "NOTE"
+    NA = "N/A"
+
+
+@dataclass(frozen=True)
+class Finding:
+    rule: str
+    status: Status
+    message: str
+    hint: str = ""
+
+
+class Rule:
+    """Base of every rule; subclasses set ``name`` and ``title``."""
+
+    name: ClassVar[str]
+    title: ClassVar[str]
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+
+    def finding(self, status: Status, message: str, hint: str = "") -> Finding:
+        return Finding(self.name, status, message, hint)
+
+    def check(self) -> list[Finding]:
+        raise NotImplementedError
+
+    def plan(self) -> list[Change]:
+        return []
+
+
+R = TypeVar("R", bound=type[Rule])
+RULES: dict[str, type[Rule]] = {}
+
+
+def register(cls: R) -> R:
+    RULES[cls.name] = cls
+    return cls
+
+
+def load_all() -> dict[str, type[Rule]]:
+    """Import every rule module that exists; return the registry in ORDER."""
+    for name in ORDER:
+        try:
+            importlib.import_module(f"virtdeb.rules.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"virtdeb.rules.{name}":
+                raise
+    return {n: RULES[n] for n in ORDER if n in RULES}
+
+
+def select(names: Iterable[str]) -> list[type[Rule]]:
+    """The rules named (all when none), or a UsageError naming the unknown one."""
+    known = load_all()
+    names = list(names)
+    if not names:
+        return list(known.values())
+    for name in names:
+        if name not in known:
+            raise UsageError(f"unknown rule {name!r}; known rules: {', '.join(known)}")
+    return [known[n] for n in names]
