@@ -1,4 +1,5 @@
-from virtdeb.cli import main
 import sys
+
+from virtdeb.cli import main
 
 sys.exit(main())

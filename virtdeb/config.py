@@ -100,7 +100,7 @@ class Config:
               overrides: Mapping[str, str] | None = None) -> Config:
         parser = configparser.ConfigParser(interpolation=None, strict=True,
                                            inline_comment_prefixes=None)
-        parser.optionxform = str  # type: ignore[assignment,method-assign]
+        parser.optionxform = str  # type: ignore[assignment]
         try:
             parser.read_string(text, source=path)
         except configparser.MissingSectionHeaderError as exc:

@@ -115,7 +115,8 @@ class Editor:
         except ValueError:
             line, col, message = _error_of(self.aug, self.tree)
             self._cleanup()
-            raise ParseError(self.path, line, col, f"cannot parse with {self.lens} ({message})")
+            raise ParseError(self.path, line, col,
+                             f"cannot parse with {self.lens} ({message})") from None
         except BaseException:
             self._cleanup()
             raise

@@ -3,8 +3,9 @@
 With the ``dnsmasq`` daemon package installed, Debian's dnsmasq binds to every
 interface and keeps libvirt's own dnsmasq off its bridges.  The README's fix is
 a drop-in, ``/etc/dnsmasq.d/00_libvirtd.conf``, with ``interface=lo`` and
-``bind-interfaces`` (``bind-dynamic`` serves as well).  virtdeb owns that drop-in (it is not another package's
-conffile); lines the administrator added to it are kept.
+``bind-interfaces`` (``bind-dynamic`` serves as well).  virtdeb owns that
+drop-in (it is not another package's conffile); lines the administrator added
+to it are kept.
 """
 
 from __future__ import annotations
