@@ -1,0 +1,722 @@
+"""A private, real ``libvirtd`` for tests that never disturbs the host.
+
+How it works
+------------
+``PrivateLibvirtd`` creates a network namespace ``vdtest-<ownerpid>-<hex>`` (``lo`` up)
+and a scratch directory ``<tmp>/vdtest-<ownerpid>-<hex>/`` laid out like a root::
+
+    etc/libvirt/        copy of the host's /etc/libvirt (cp -a); by default WITHOUT any
+                        definitions (qemu/, storage/, lxc/, libxl/, secrets/, nodedev/ are
+                        dropped, so the host's qemu/networks/default.xml is not there)
+    run/                bind-mounted over the WHOLE /run (the host has no /run/libvirt to
+                        mount over, and creating it would touch the host; it also hides the
+                        host's D-Bus, so libvirt never talks to a host firewalld)
+    var/lib/libvirt/    directories (owner and mode) replicated from the host, no files
+    var/cache/libvirt/  idem
+    var/log/libvirt/    idem, plus var/log/libvirt/qemu
+    log/                libvirtd.log, virtlogd.log (LIBVIRT_LOG_OUTPUTS), daemon.out
+
+and runs ``ip netns exec NS unshare -m --propagation private sh SCRATCH/start.sh``; the
+script bind-mounts those directories over /etc/libvirt, /run, /var/lib/libvirt,
+/var/cache/libvirt and /var/log/libvirt, starts ``virtlogd -d`` and then ``exec libvirtd``
+in the foreground: the Popen child *is* libvirtd, which makes stopping it simple.
+Nothing is mounted or created in the host's namespaces except the netns handle
+``/run/netns/NS`` and the scratch directory.
+
+The test process stays in the host's namespaces and reaches the daemon through
+``uri = "qemu+unix:///system?socket=SCRATCH/run/libvirt/libvirt-sock"``. Since the
+scratch directory mirrors the paths the daemon sees, ``scratch`` can also serve as a
+``--root`` for code that reads /etc/libvirt/... (``scratch / "etc/libvirt/qemu.conf"`` is
+the daemon's qemu.conf). ``run_in_ns(cmd)`` runs in the network namespace only (host
+files); ``run_in_ns(cmd, mounts=True)`` enters libvirtd's mount namespace too (nsenter),
+so the command sees the private /etc/libvirt, /run, /var/lib/libvirt.
+
+Two deviations from the host, both inside the private mount namespace only:
+- /dev/kvm is 0600 root:root here (no udev): the qemu user (libvirt-qemu, group kvm)
+  cannot open it, libvirt then decides KVM is "not available now" and re-probes qemu on
+  every capabilities lookup (first defineXML about 32 s). A private node 0660 root:kvm
+  (what Debian's udev rule gives) is bind-mounted over /dev/kvm (``kvm_group_access``).
+- libvirt's qemu capabilities cache (first probe about 4 s) is kept between daemons in
+  the checkout's .cache/qemu-capabilities (``VIRTDEB_TEST_QEMU_CAPS``, "" disables);
+  libvirt itself invalidates stale entries. The first defineXML then takes about 0.03 s.
+
+Verified on Debian 12, libvirt 9.0.0, as root (see tests/test_libvirtd_harness.py):
+- the daemon answers on ``uri`` about 0.1-0.2 s after the spawn;
+- ``default`` defined from /usr/share/libvirt/networks/default.xml starts (dnsmasq-base,
+  iptables), gets autostart, and virbr0 192.168.122.1/24 appears in ``ip -n NS addr``
+  only; ``ip link show virbr0`` on the host fails; the iptables rules are in the netns;
+- a KVM domain (``<domain type='kvm'>``) can be defined (not started here; starting one
+  would also create cgroups under the host's /sys/fs/cgroup);
+- the host gets no /run/libvirt, its /etc/libvirt, /var/lib/libvirt are untouched.
+
+Teardown (``stop()``, ``__exit__``, also on exceptions and KeyboardInterrupt, idempotent):
+SIGTERM libvirtd (SIGKILL after 10 s) and wait; then SIGTERM, later SIGKILL every pid of
+``ip netns pids NS`` (virtlogd, dnsmasq children and qemu outlive libvirtd) until none is
+left; ``ip netns del NS``; wait (``reap_wait``, 5 s at most) until init has reaped the
+orphaned virtlogd/dnsmasq zombies, so that ``pgrep`` shows nothing (init here reaps about
+every 1.7 s: that is most of the stop time); remove the scratch directory. Only pids
+inside OUR namespace or spawned by us are signalled: a host
+libvirtd is never touched. Safety nets: a ``weakref.finalize`` (runs at interpreter
+exit), and at every start a sweep of ``vdtest-<pid>-*`` namespaces and scratch
+directories whose owner pid is dead (a SIGKILLed pytest).
+
+Fixtures (load with ``pytest_plugins = ["tests.libvirtd"]``); every test that uses
+one of them is marked ``integration`` automatically:
+- ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
+  root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
+  ``VIRTDEB_SKIP_LIBVIRTD`` is set, or when ``ip netns add`` is refused.
+- ``libvirt_conn`` (function): a connection to the session daemon; after the test every
+  domain, network and storage pool is destroyed and undefined and the helper veths
+  are deleted (``reset``). Config files a test edits under scratch/etc/libvirt are NOT
+  restored: such a test should use ``fresh_libvirtd``.
+- ``fresh_libvirtd`` (function): a daemon of its own (about 0.2 s to start), e.g. for
+  "autostart happens once per boot" behaviour or config edits.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import os
+import re
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import tempfile
+import time
+import weakref
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+NETNS_PREFIX = "vdtest-"
+_NAME_RE = re.compile(r"^vdtest-(\d+)-[0-9a-f]+$")
+# Host directories the daemon gets a private copy of (relative to /).
+BIND_DIRS = ("etc/libvirt", "run", "var/lib/libvirt", "var/cache/libvirt", "var/log/libvirt")
+# Subdirectories of /etc/libvirt that hold definitions (domains, networks, pools, ...).
+DEFINITION_DIRS = ("qemu", "storage", "lxc", "libxl", "secrets", "nodedev")
+# veth pair used by add_address()/add_route().
+VETH = ("vdA", "vdB")
+# libvirt's first probe of qemu-system-x86_64 costs about 35 s on 2 cores; its result is
+# kept here between daemons and runs (libvirt itself invalidates a stale entry: it checks
+# the qemu and libvirtd ctimes, kernel, microcode). Set the variable to "" to disable.
+CAPS_CACHE_ENV = "VIRTDEB_TEST_QEMU_CAPS"
+CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[1] / ".cache/qemu-capabilities")
+
+
+class PrivateLibvirtdError(RuntimeError):
+    """The private daemon could not be set up, started or torn down."""
+
+
+def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = {"PATH": PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
+    if extra:
+        env.update(extra)
+    return env
+
+
+def _run(
+    cmd: Sequence[str], check: bool = True, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        list(cmd), env=_env(), capture_output=True, text=True, timeout=timeout,
+        stdin=subprocess.DEVNULL, check=False,
+    )
+    if check and proc.returncode != 0:
+        why = proc.stderr.strip() or proc.stdout.strip()
+        raise PrivateLibvirtdError(f"{shlex.join(cmd)} exited {proc.returncode}: {why}")
+    return proc
+
+
+def netns_pids(netns: str) -> list[int]:
+    """Pids (host pid namespace) of the processes in network namespace NETNS."""
+    proc = _run(["ip", "netns", "pids", netns], check=False)
+    return [int(p) for p in proc.stdout.split() if p.isdigit()]
+
+
+def _is_zombie_or_gone(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    # "pid (comm) S ..." - comm may contain spaces or parentheses
+    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2:].startswith("Z")
+
+
+def _live_pids(netns: str) -> list[int]:
+    return [p for p in netns_pids(netns) if not _is_zombie_or_gone(p)]
+
+
+def _kill_netns_processes(netns: str, timeout: float = 10.0) -> list[int]:
+    """SIGTERM, then SIGKILL, every process of NETNS; return the pids still alive."""
+    deadline = time.monotonic() + timeout
+    term_sent_at: float | None = None
+    while True:
+        pids = _live_pids(netns)
+        if not pids:
+            return []
+        now = time.monotonic()
+        if now > deadline:
+            return pids
+        # SIGTERM first; SIGKILL whatever is still there 2 s later.
+        sig = signal.SIGTERM if term_sent_at is None or now - term_sent_at < 2 else signal.SIGKILL
+        if term_sent_at is None:
+            term_sent_at = now
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+        time.sleep(0.05)
+
+
+def _netns_exists(netns: str) -> bool:
+    return Path("/run/netns", netns).exists()
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def sweep_stale(base_dir: str | None = None) -> list[str]:
+    """Remove vdtest-<pid>-* namespaces and scratch dirs whose owner pid is dead."""
+    removed: list[str] = []
+    base = Path(base_dir or tempfile.gettempdir())
+    names: set[str] = set()
+    with contextlib.suppress(OSError):
+        names.update(os.listdir("/run/netns"))
+    with contextlib.suppress(OSError):
+        names.update(p.name for p in base.glob(NETNS_PREFIX + "*"))
+    for name in sorted(names):
+        m = _NAME_RE.match(name)
+        if not m or _pid_alive(int(m.group(1))):
+            continue
+        if _netns_exists(name):
+            _kill_netns_processes(name)
+            _run(["ip", "netns", "del", name], check=False)
+        shutil.rmtree(base / name, ignore_errors=True)
+        removed.append(name)
+    return removed
+
+
+def _replicate_dirs(src: Path, dst: Path) -> None:
+    """Create under DST the directory tree of SRC (owner, group, mode), no files."""
+    for root, dirs, _files in os.walk(src):
+        rel = Path(root).relative_to(src)
+        target = dst / rel
+        target.mkdir(parents=True, exist_ok=True)
+        st = os.stat(root)
+        os.chown(target, st.st_uid, st.st_gid)
+        os.chmod(target, st.st_mode & 0o7777)
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+
+
+CAPS_SUBDIR = "var/cache/libvirt/qemu/capabilities"
+
+
+def _sync_xml(src: Path, dst: Path) -> None:
+    """Copy SRC/*.xml to DST when missing or different there (atomic replace, mode 0600)."""
+    if not src.is_dir():
+        return
+    for f in src.glob("*.xml"):
+        data = f.read_bytes()
+        target = dst / f.name
+        with contextlib.suppress(OSError):
+            if target.read_bytes() == data:
+                continue
+        dst.mkdir(mode=0o700, parents=True, exist_ok=True)
+        tmp = dst / f".{f.name}.{os.getpid()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, target)
+
+
+class _State:
+    """Everything teardown needs; no reference to the PrivateLibvirtd (for finalize)."""
+
+    def __init__(
+        self, netns: str, scratch: Path, keep_scratch: bool, caps_cache: Path | None
+    ) -> None:
+        self.netns = netns
+        self.scratch = scratch
+        self.keep_scratch = keep_scratch
+        self.caps_cache = caps_cache
+        self.reap_wait = 5.0
+        self.killed: set[int] = set()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.netns_created = False
+        self.scratch_created = False
+
+    def teardown(self) -> list[str]:
+        """Idempotent; every step runs even if an earlier one failed. Returns problems."""
+        problems: list[str] = []
+        proc = self.proc
+        if proc is not None:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    problems.append(f"libvirtd {proc.pid} ignored SIGTERM for 10 s; SIGKILL")
+                    with contextlib.suppress(ProcessLookupError):
+                        proc.kill()
+                    proc.wait(timeout=10)
+            self.proc = None
+        if self.netns_created:
+            self.killed.update(netns_pids(self.netns))
+            left = _kill_netns_processes(self.netns)
+            if left:
+                problems.append(f"processes survive SIGKILL in {self.netns}: {left}")
+            res = _run(["ip", "netns", "del", self.netns], check=False)
+            if res.returncode != 0 and _netns_exists(self.netns):
+                problems.append(f"ip netns del {self.netns}: {res.stderr.strip()}")
+            else:
+                self.netns_created = False
+        # Daemonized children (virtlogd, dnsmasq) were orphaned at start: they are init's
+        # children and stay zombies (visible to pgrep) until init reaps them. This
+        # machine's init reaps about every 1.7 s; wait for it, bounded, not an error.
+        deadline = time.monotonic() + self.reap_wait
+        while self.killed and time.monotonic() < deadline:
+            self.killed = {p for p in self.killed if _is_zombie(p)}
+            if self.killed:
+                time.sleep(0.05)
+        if self.scratch_created and self.caps_cache is not None:
+            with contextlib.suppress(OSError):
+                _sync_xml(self.scratch / CAPS_SUBDIR, self.caps_cache)
+        if self.scratch_created and not self.keep_scratch:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+            if self.scratch.exists():
+                problems.append(f"could not remove {self.scratch}")
+            else:
+                self.scratch_created = False
+        return problems
+
+
+def _finalize(state: _State) -> None:
+    # Safety net at interpreter exit or garbage collection: best effort, never raises.
+    with contextlib.suppress(Exception):
+        state.teardown()
+
+
+class PrivateLibvirtd:
+    """A real libvirtd in its own network and mount namespaces. See the module docstring.
+
+    Attributes: ``netns`` (str), ``scratch`` (Path), ``socket`` (Path), ``uri`` (str),
+    ``log_path`` (Path), ``start_seconds`` / ``stop_seconds`` (float | None).
+    """
+
+    def __init__(
+        self,
+        *,
+        start_timeout: float = 20.0,
+        log_level: int = 3,
+        keep_definitions: bool = False,
+        keep_scratch: bool = False,
+        base_dir: str | None = None,
+        caps_cache: str | None = None,
+        daemon_env: dict[str, str] | None = None,
+        kvm_group_access: bool = True,
+        reap_wait: float = 5.0,
+    ) -> None:
+        self.start_timeout = start_timeout
+        self.log_level = log_level
+        self.daemon_env = dict(daemon_env or {})
+        self.kvm_group_access = kvm_group_access
+        self.keep_definitions = keep_definitions
+        self.netns = f"{NETNS_PREFIX}{os.getpid()}-{secrets.token_hex(4)}"
+        self.scratch = Path(base_dir or tempfile.gettempdir()) / self.netns
+        self.base_dir = base_dir
+        self.socket = self.scratch / "run/libvirt/libvirt-sock"
+        self.uri = f"qemu+unix:///system?socket={self.socket}"
+        self.log_dir = self.scratch / "log"
+        self.log_path = self.log_dir / "libvirtd.log"
+        self.start_seconds: float | None = None
+        self.stop_seconds: float | None = None
+        if caps_cache is None:
+            caps_cache = os.environ.get(CAPS_CACHE_ENV, CAPS_CACHE_DEFAULT)
+        cache = caps_cache
+        self.caps_cache = Path(cache) if cache else None
+        self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache)
+        self._state.reap_wait = reap_wait
+        self._finalizer = weakref.finalize(self, _finalize, self._state)
+        self._veth_made = False
+
+    # ----------------------------------------------------------------- lifecycle
+    def __enter__(self) -> PrivateLibvirtd:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int | None:
+        """Pid of libvirtd (the Popen child), or None when not running."""
+        proc = self._state.proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def start(self) -> PrivateLibvirtd:
+        t0 = time.monotonic()
+        try:
+            sweep_stale(self.base_dir)
+            self._prepare_scratch()
+            self._create_netns()
+            self._spawn()
+            self._wait_ready()
+        except BaseException:
+            self.stop(raise_problems=False)
+            raise
+        self.start_seconds = time.monotonic() - t0
+        return self
+
+    def stop(self, raise_problems: bool = True) -> None:
+        """Tear everything down; safe to call twice; finishes even if interrupted."""
+        t0 = time.monotonic()
+        interrupted: BaseException | None = None
+        problems: list[str] = []
+        for _attempt in range(3):
+            try:
+                problems = self._state.teardown()
+                break
+            except KeyboardInterrupt as e:  # keep tearing down, re-raise afterwards
+                interrupted = e
+        self._finalizer.detach()
+        self.stop_seconds = time.monotonic() - t0
+        if interrupted is not None:
+            raise interrupted
+        if problems and raise_problems:
+            raise PrivateLibvirtdError("teardown incomplete: " + "; ".join(problems))
+
+    def _prepare_scratch(self) -> None:
+        for rel in ("etc/libvirt", "var/lib/libvirt", "var/cache/libvirt", "var/log/libvirt"):
+            if not Path("/", rel).is_dir():
+                raise PrivateLibvirtdError(f"/{rel} missing on the host (libvirt-daemon-system?)")
+        self.scratch.mkdir(mode=0o755)
+        self._state.scratch_created = True
+        os.chmod(self.scratch, 0o755)
+        s = self.scratch
+        (s / "etc").mkdir()
+        _run(["cp", "-a", "/etc/libvirt", str(s / "etc/libvirt")])
+        if not self.keep_definitions:
+            for sub in DEFINITION_DIRS:
+                p = s / "etc/libvirt" / sub
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p)
+        for rel in ("var/lib/libvirt", "var/cache/libvirt", "var/log/libvirt"):
+            _replicate_dirs(Path("/", rel), s / rel)
+        (s / "var/log/libvirt/qemu").mkdir(exist_ok=True)
+        if self.caps_cache is not None:
+            _sync_xml(self.caps_cache, s / CAPS_SUBDIR)
+        for rel in ("run/libvirt", "run/lock"):
+            (s / rel).mkdir(parents=True, exist_ok=True)
+        os.chmod(s / "run", 0o755)
+        self.log_dir.mkdir()
+        q = shlex.quote
+        mounts = "\n".join(f"mount --bind {q(str(s / rel))} /{rel}" for rel in BIND_DIRS)
+        if self.kvm_group_access and self._make_kvm_node():
+            mounts += f"\nmount --bind {q(str(s / 'dev/kvm'))} /dev/kvm"
+        vl_log = q(f"{self.log_level}:file:{self.log_dir / 'virtlogd.log'}")
+        script = (
+            "set -eu\n"
+            f"{mounts}\n"
+            f"LIBVIRT_LOG_OUTPUTS={vl_log} virtlogd -d -p /run/virtlogd.pid\n"
+            "exec libvirtd -p /run/libvirtd.pid\n"
+        )
+        (s / "start.sh").write_text(script)
+
+    def _make_kvm_node(self) -> bool:
+        """A private /dev/kvm node, mode 0660 group kvm, as Debian's udev rule makes it.
+
+        Without udev the host's /dev/kvm is 0600 root: the qemu user (libvirt-qemu, group
+        kvm) cannot open it, libvirt finds KVM "not available now" and re-probes qemu on
+        every lookup (about 32 s for the first defineXML instead of about 4 s).
+        """
+        try:
+            st = os.stat("/dev/kvm")
+            gid = grp.getgrnam("kvm").gr_gid
+        except (OSError, KeyError):
+            return False
+        if not stat.S_ISCHR(st.st_mode):
+            return False
+        node = self.scratch / "dev/kvm"
+        node.parent.mkdir(exist_ok=True)
+        try:
+            os.mknod(node, stat.S_IFCHR | 0o600, st.st_rdev)
+            os.chown(node, 0, gid)
+            os.chmod(node, 0o660)
+        except OSError:
+            return False
+        return True
+
+    def _create_netns(self) -> None:
+        res = _run(["ip", "netns", "add", self.netns], check=False)
+        if res.returncode != 0:
+            raise NetnsUnavailable(f"ip netns add {self.netns}: {res.stderr.strip()}")
+        self._state.netns_created = True
+        _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
+
+    def _spawn(self) -> None:
+        out = open(self.log_dir / "daemon.out", "wb")  # noqa: SIM115
+        try:
+            self._state.proc = subprocess.Popen(
+                ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private",
+                 "sh", str(self.scratch / "start.sh")],
+                env=_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{self.log_path}",
+                          **self.daemon_env}),
+                stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                start_new_session=True,  # a terminal's Ctrl-C goes to pytest, not to libvirtd
+            )
+        finally:
+            out.close()
+
+    def _wait_ready(self) -> None:
+        import libvirt  # noqa: PLC0415 - optional: the module must import without it
+
+        deadline = time.monotonic() + self.start_timeout
+        last = "socket never appeared"
+        while time.monotonic() < deadline:
+            proc = self._state.proc
+            assert proc is not None
+            if proc.poll() is not None:
+                raise PrivateLibvirtdError(
+                    f"libvirtd exited with {proc.returncode} before it was ready\n{self.logs()}"
+                )
+            if self.socket.is_socket():
+                # A raw connect first: libvirt.open() failures print to stderr.
+                try:
+                    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sk:
+                        sk.settimeout(1)
+                        sk.connect(str(self.socket))
+                    conn = libvirt.open(self.uri)
+                    try:
+                        conn.getLibVersion()
+                    finally:
+                        conn.close()
+                    return
+                except (OSError, libvirt.libvirtError) as e:
+                    last = str(e)
+            time.sleep(0.02)
+        raise PrivateLibvirtdError(
+            f"libvirtd not ready on {self.uri} after {self.start_timeout} s ({last})\n{self.logs()}"
+        )
+
+    def logs(self, lines: int = 40) -> str:
+        """The tail of daemon.out, libvirtd.log and virtlogd.log, for error messages."""
+        parts = []
+        for name in ("daemon.out", "libvirtd.log", "virtlogd.log"):
+            p = self.log_dir / name
+            try:
+                text = p.read_text(errors="replace").splitlines()[-lines:]
+            except OSError:
+                continue
+            parts.append(f"--- {p}\n" + "\n".join(text))
+        return "\n".join(parts) or "(no log)"
+
+    # ------------------------------------------------------------------- helpers
+    def connect(self) -> Any:
+        """A new read-write ``libvirt.virConnect`` to the private daemon."""
+        import libvirt  # noqa: PLC0415
+
+        return libvirt.open(self.uri)
+
+    def pids(self) -> list[int]:
+        """Pids of all processes in the namespace (libvirtd, virtlogd, dnsmasq, qemu)."""
+        return netns_pids(self.netns)
+
+    def run_in_ns(
+        self, cmd: Sequence[str] | str, *, mounts: bool = False, check: bool = True,
+        timeout: float = 60, input: str | None = None,  # noqa: A002
+    ) -> subprocess.CompletedProcess[str]:
+        """Run CMD (argv list, or a string for ``sh -c``) in the network namespace.
+
+        mounts=False: ``ip netns exec NS`` - the host's files. mounts=True: ``nsenter`` into
+        libvirtd's network AND mount namespaces, so /etc/libvirt, /run, /var/lib/libvirt
+        are the private ones. Output is captured as text; check=True raises
+        CalledProcessError on a non-zero exit.
+        """
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if mounts:
+            pid = self.pid
+            if pid is None:
+                raise PrivateLibvirtdError("libvirtd is not running")
+            prefix = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
+        else:
+            prefix = ["ip", "netns", "exec", self.netns]
+        return subprocess.run(
+            prefix + argv, env=_env(), capture_output=True, text=True, check=check,
+            timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+        )
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``ip -n NS ARGS...``"""
+        return subprocess.run(["ip", "-n", self.netns, *args], env=_env(), capture_output=True,
+                              text=True, check=check, stdin=subprocess.DEVNULL)
+
+    def _ensure_veth(self) -> str:
+        a, b = VETH
+        if not self._veth_made or self.ip("link", "show", a, check=False).returncode != 0:
+            self.ip("link", "add", a, "type", "veth", "peer", "name", b)
+            self.ip("link", "set", a, "up")
+            self.ip("link", "set", b, "up")
+            self._veth_made = True
+        return a
+
+    def add_address(self, cidr: str) -> str:
+        """Put CIDR (e.g. ``192.168.122.5/24``) on veth vdA in the namespace; return 'vdA'.
+
+        (This kernel has no ``dummy`` link type.) The prefix route comes with it.
+        """
+        dev = self._ensure_veth()
+        self.ip("addr", "add", cidr, "dev", dev)
+        return dev
+
+    def add_route(self, cidr: str, via: str | None = None) -> str:
+        """Add a route to CIDR (e.g. ``192.168.0.0/16``) through veth vdA; return 'vdA'.
+
+        With VIA, the gateway must be on a subnet already on vdA (see add_address).
+        """
+        dev = self._ensure_veth()
+        extra = ["via", via] if via else []
+        self.ip("route", "add", cidr, *extra, "dev", dev)
+        return dev
+
+    def reset_links(self) -> None:
+        """Delete the helper veth pair (with its addresses and routes)."""
+        if self.ip("link", "show", VETH[0], check=False).returncode == 0:
+            self.ip("link", "del", VETH[0])
+        self._veth_made = False
+
+    def reset(self, conn: Any | None = None) -> None:
+        """Destroy and undefine every domain, network and storage pool; drop helper veths."""
+        own = conn is None
+        if conn is None:
+            conn = self.connect()
+        try:
+            reset_libvirt(conn)
+        finally:
+            if own:
+                conn.close()
+        self.reset_links()
+
+    def fresh_conn(self) -> Any:
+        """reset() then a new connection."""
+        self.reset()
+        return self.connect()
+
+
+class NetnsUnavailable(PrivateLibvirtdError):
+    """``ip netns add`` was refused (no CAP_SYS_ADMIN, restricted container)."""
+
+
+def reset_libvirt(conn: Any) -> None:
+    """Destroy and undefine all domains, networks and storage pools of CONN."""
+    import libvirt  # noqa: PLC0415
+
+    undefine_flags = 0
+    for flag in ("VIR_DOMAIN_UNDEFINE_MANAGED_SAVE", "VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA",
+                 "VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA", "VIR_DOMAIN_UNDEFINE_NVRAM"):
+        undefine_flags |= getattr(libvirt, flag, 0)
+    for dom in conn.listAllDomains():
+        if dom.isActive():
+            dom.destroy()
+        if dom.isPersistent():
+            dom.undefineFlags(undefine_flags)
+    for net in conn.listAllNetworks():
+        if net.isActive():
+            net.destroy()
+        if net.isPersistent():
+            net.undefine()
+    for pool in conn.listAllStoragePools():
+        if pool.isActive():
+            pool.destroy()
+        if pool.isPersistent():
+            pool.undefine()
+
+
+# ----------------------------------------------------------------------- pytest
+def skip_reason() -> str | None:
+    """Why a private libvirtd cannot run here, or None."""
+    if os.environ.get("VIRTDEB_SKIP_LIBVIRTD"):
+        return "VIRTDEB_SKIP_LIBVIRTD is set"
+    if os.geteuid() != 0:
+        return "a private libvirtd needs root (ip netns, mount namespaces)"
+    for tool in ("ip", "unshare", "nsenter", "libvirtd", "virtlogd"):
+        if shutil.which(tool, path=PATH) is None:
+            return f"{tool} not installed (libvirt-daemon-system, iproute2, util-linux)"
+    try:
+        import libvirt  # noqa: F401, PLC0415
+    except ImportError:
+        return "python3-libvirt not importable (run with /usr/bin/python3)"
+    return None
+
+
+@contextlib.contextmanager
+def _daemon_or_skip(**kwargs: Any) -> Iterator[PrivateLibvirtd]:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    daemon = PrivateLibvirtd(**kwargs)
+    try:
+        daemon.start()
+    except NetnsUnavailable as e:
+        pytest.skip(f"network namespaces unavailable: {e}")
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+@pytest.fixture(scope="session")
+def libvirtd() -> Iterator[PrivateLibvirtd]:
+    """One private libvirtd for the session; use libvirt_conn for per-test cleanup."""
+    with _daemon_or_skip() as daemon:
+        yield daemon
+
+
+@pytest.fixture
+def libvirt_conn(libvirtd: PrivateLibvirtd) -> Iterator[Any]:
+    """A connection to the session daemon; all domains/networks/pools removed after."""
+    conn = libvirtd.connect()
+    try:
+        yield conn
+    finally:
+        try:
+            libvirtd.reset(conn)
+        finally:
+            conn.close()
+
+
+@pytest.fixture
+def fresh_libvirtd() -> Iterator[PrivateLibvirtd]:
+    """A private libvirtd of the test's own, torn down after it."""
+    with _daemon_or_skip() as daemon:
+        yield daemon
+
+
+_FIXTURES = {"libvirtd", "libvirt_conn", "fresh_libvirtd"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
