@@ -61,7 +61,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     "xend": {"http_server": ("no", _BOOL)},
     "network": {"autostart_default": ("yes", _BOOL)},
     "bridge": {"allow": ("", _words()), "setuid_fallback": ("no", _BOOL)},
-    "access": {"users": ("", _words())},
+    "access": {"users": ("", _words()), "prune": ("no", _BOOL)},
     "qemu": {"clear_emulator_capabilities": ("keep", _choice("keep", "0"))},
     "cpu": {"on_microcode": ("warn", _choice("warn", "fix", "nothing"))},
 }

@@ -1,0 +1,157 @@
+"""Rule ``qemu`` (README.Debian "QEMU/KVM: Dropping Capabilities" and "Access Control").
+
+System QEMU processes run as qemu.conf's ``user``/``group`` (default
+``libvirt-qemu``): both must exist.  Domains with ``<interface
+type='ethernet'>`` used to need ``clear_emulator_capabilities = 0`` so that
+QEMU kept CAP_NET_ADMIN for /etc/qemu-ifup.  That is a security trade-off:
+every QEMU process then keeps the capabilities, and a guest that breaks out
+of QEMU holds them.  virtdeb sets it only when ``[qemu]
+clear_emulator_capabilities = 0`` asks for it, and the change of libvirt's
+conffile needs the administrator's consent (``allow_edit = qemu.conf``).
+
+Newer libvirt creates the tap device of an ethernet interface itself and no
+longer knows the setting (libvirt 9.0's QEMU driver does not contain the key
+any more; Augeas' lens lists it as obsolete).  When the installed driver does
+not know it, the rule says so and plans nothing.
+"""
+
+from __future__ import annotations
+
+import glob
+import logging
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+from virtdeb import fsio
+from virtdeb.changes import Change
+from virtdeb.edit import Editor
+from virtdeb.errors import LibvirtError
+from virtdeb.host import Host
+from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import groups
+
+log = logging.getLogger(__name__)
+
+CONF = "/etc/libvirt/qemu.conf"
+LENS = "Libvirtd_qemu.lns"
+KEY = "clear_emulator_capabilities"
+DEFAULT_ID = "libvirt-qemu"
+DRIVER_GLOB = "/usr/lib/*/libvirt/connection-driver/libvirt_driver_qemu.so"
+SECURITY_NOTE = ("virtdeb ([qemu] clear_emulator_capabilities = 0): QEMU keeps CAP_NET_ADMIN"
+                 " and its other capabilities, for <interface type='ethernet'> scripts;"
+                 " a guest that escapes QEMU holds them too")
+COMMENT = ("virtdeb ([qemu] clear_emulator_capabilities = 0): QEMU keeps CAP_NET_ADMIN etc.",
+           "for <interface type='ethernet'> scripts; a guest escaping QEMU holds them too.")
+TRADE_OFF = ("README.Debian: ethernet interfaces with a script like /etc/qemu-ifup need"
+             f" {KEY} = 0 (QEMU keeps CAP_NET_ADMIN etc.: a security trade-off); consent"
+             f" with [qemu] {KEY} = 0 and allow_edit = qemu.conf, then virtdeb apply qemu")
+
+
+def driver_knows_key(host: Host) -> bool | None:
+    """Whether the installed QEMU driver module still reads the key (None: no driver)."""
+    found = sorted(glob.glob(str(host.path(DRIVER_GLOB))))
+    if not found:
+        return None
+    data = fsio.read_bytes(Path(found[0]), found[0]) or b""
+    return KEY.encode() in data
+
+
+def ethernet_domains(conn: Any) -> list[str]:
+    """Names of the defined domains with an ``<interface type='ethernet'>``."""
+    names = []
+    for dom in conn.listAllDomains(0):
+        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - trusted: from libvirtd
+        if any(i.get("type") == "ethernet" for i in root.iterfind("./devices/interface")):
+            names.append(dom.name())
+    return sorted(names)
+
+
+def _id_exists(value: str, names: dict[str, int]) -> bool:
+    """qemu.conf's rule: a name, else a number; ``+N`` is always a number."""
+    if value.startswith("+"):
+        return value[1:].isdigit() and int(value[1:]) in names.values()
+    return value in names or (value.isdigit() and int(value) in names.values())
+
+
+@register
+class Qemu(Rule):
+    name = "qemu"
+    title = "QEMU user, group and capabilities"
+
+    def _settings(self) -> tuple[str, str, str | None] | None:
+        if not self.host.path(CONF).exists():
+            return None
+        with Editor(self.host, CONF, LENS) as ed:
+            user, group, clear = (ed.values(k) for k in ("user", "group", KEY))
+        return (user[-1] or DEFAULT_ID if user else DEFAULT_ID,
+                group[-1] or DEFAULT_ID if group else DEFAULT_ID,
+                clear[-1] if clear else None)
+
+    def check(self) -> list[Finding]:
+        settings = self._settings()
+        if settings is None:
+            return [self.finding(Status.NA, f"no {CONF}", "the QEMU driver is not installed")]
+        user, group, clear = settings
+        out = self._identity(user, group)
+        try:
+            names = ethernet_domains(self.host.connect())
+        except LibvirtError as exc:
+            out.append(self.finding(Status.WARN, "cannot list domains for"
+                                    " <interface type='ethernet'>", exc.message))
+            return out
+        except Exception as exc:  # noqa: BLE001 - libvirt.libvirtError, bad XML
+            out.append(self.finding(Status.WARN, "cannot list domains for"
+                                    f" <interface type='ethernet'>: {exc}"))
+            return out
+        out.append(self._capabilities(names, clear))
+        return out
+
+    def _identity(self, user: str, group: str) -> list[Finding]:
+        users = groups.passwd_users(self.host)
+        gids = {g.name: g.gid for g in groups.groups(self.host).values()}
+        out = []
+        for what, value, table in (("user", user, users), ("group", group, gids)):
+            if _id_exists(value, table):
+                out.append(self.finding(Status.PASS, f"QEMU runs as {what} {value}"))
+            else:
+                out.append(self.finding(Status.FAIL, f"qemu.conf {what} {value!r} does not"
+                                        " exist", f"domains cannot start: create it, or fix"
+                                        f" {what} in {CONF}"))
+        return out
+
+    def _capabilities(self, names: list[str], clear: str | None) -> Finding:
+        if not names:
+            return self.finding(Status.PASS, "no domain has <interface type='ethernet'>")
+        shown = ", ".join(names)
+        known = driver_knows_key(self.host)
+        if known is False:
+            return self.finding(Status.NOTE, f"ethernet interfaces in {shown}; this libvirt"
+                                f" ignores {KEY}", "libvirt creates the tap device itself;"
+                                " nothing to change in qemu.conf")
+        if clear == "0":
+            return self.finding(Status.NOTE, f"ethernet interfaces in {shown}; {KEY} = 0",
+                                "QEMU keeps CAP_NET_ADMIN etc.: the security trade-off of"
+                                " README.Debian is in effect")
+        return self.finding(Status.WARN, f"ethernet interfaces in {shown}, but QEMU drops its"
+                            f" capabilities ({KEY} = {clear or '1 (default)'})", TRADE_OFF)
+
+    def plan(self) -> list[Change]:
+        if self.host.config.get("qemu", KEY) != "0" or not self.host.path(CONF).exists():
+            return []
+        if driver_knows_key(self.host) is False:
+            log.info("qemu: this libvirt ignores %s; not changing %s", KEY, CONF)
+            return []
+        with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
+            existing = ed.match(KEY)
+            if existing:
+                for rel in existing:
+                    if ed.get(rel) != "0":
+                        ed.set(rel, "0")
+            else:
+                for line in COMMENT:
+                    ed.set("#comment[last()+1]", line)
+                ed.set(f"{KEY}[last()+1]", "0")
+        for change in ed.changes:
+            change.note = SECURITY_NOTE
+        return list(ed.changes)

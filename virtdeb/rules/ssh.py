@@ -1,0 +1,84 @@
+"""Rule ``ssh`` (README.Debian "SSH connections to the server").
+
+A client of libvirt older than 6.8 reaches ``qemu+ssh://`` servers by running
+``nc`` on the server, and needs the OpenBSD netcat (``-U`` for unix sockets):
+netcat-openbsd installed and the ``nc`` alternative pointing at
+``/bin/nc.openbsd``.  libvirt 6.8 and later run ``virt-ssh-helper`` instead,
+so nc matters only for older peers.  An ``nc`` the administrator set by hand
+(alternative in manual mode) is left alone.
+"""
+
+from __future__ import annotations
+
+from virtdeb.changes import Change
+from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import alternatives
+
+PACKAGE = "netcat-openbsd"
+NC = "/bin/nc.openbsd"
+HELPER_SINCE = "6.8"
+LIBVIRT_PACKAGES = ("libvirt-daemon", "libvirt-daemon-system")
+
+
+def has_ssh_helper(version: str | None) -> bool:
+    """Whether this libvirt version runs virt-ssh-helper for qemu+ssh (>= 6.8)."""
+    if version is None:
+        return False
+    from debian.debian_support import Version
+
+    return bool(Version(version) >= Version(HELPER_SINCE))
+
+
+@register
+class Ssh(Rule):
+    name = "ssh"
+    title = "nc for qemu+ssh:// clients"
+
+    def _libvirt_version(self) -> str | None:
+        for package in LIBVIRT_PACKAGES:
+            version = self.host.version(package)
+            if version:
+                return version
+        return None
+
+    def check(self) -> list[Finding]:
+        version = self._libvirt_version()
+        helper = has_ssh_helper(version)
+        out = []
+        if helper:
+            out.append(self.finding(Status.NOTE, f"libvirt {version} serves qemu+ssh://"
+                                    " through virt-ssh-helper",
+                                    "nc is used only by clients older than libvirt 6.8"))
+        if not self.host.installed(PACKAGE):
+            out.append(self.finding(Status.NOTE if helper else Status.WARN,
+                                    f"{PACKAGE} is not installed",
+                                    f"apt install {PACKAGE} for qemu+ssh:// clients older"
+                                    " than libvirt 6.8"))
+            return out
+        state = alternatives.query(self.host, "nc")
+        if state is None or NC not in state.choices:
+            out.append(self.finding(Status.WARN, f"the nc alternative does not offer {NC}",
+                                    f"reinstall {PACKAGE} (apt install --reinstall {PACKAGE})"))
+        elif state.value == NC:
+            out.append(self.finding(Status.PASS, f"nc points to {NC}"))
+        elif state.status == "manual":
+            out.append(self.finding(Status.NOTE, f"nc was set by hand to {state.value};"
+                                    " virtdeb leaves it",
+                                    f"older qemu+ssh clients need {NC}:"
+                                    f" update-alternatives --set nc {NC}"))
+        else:
+            out.append(self.finding(Status.NOTE if helper else Status.WARN,
+                                    f"nc points to {state.value}, not {NC}",
+                                    "virtdeb apply ssh"))
+        return out
+
+    def plan(self) -> list[Change]:
+        if not self.host.installed(PACKAGE):
+            return []
+        state = alternatives.query(self.host, "nc")
+        if state is None or NC not in state.choices or state.value == NC \
+                or state.status == "manual":
+            return []
+        return [alternatives.AlternativeChange(
+            self.name, "nc", state, NC,
+            note="for qemu+ssh:// clients older than libvirt 6.8 (README.Debian)")]

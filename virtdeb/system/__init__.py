@@ -1,0 +1,1 @@
+"""Thin adapters to the system: addresses and routes, file capabilities, ..."""
