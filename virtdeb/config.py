@@ -59,7 +59,7 @@ _BOOL = _choice("yes", "no")
 SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     "virtdeb": {"allow_edit": ("", _words(set(FOREIGN_FILES)))},
     "xend": {"http_server": ("no", _BOOL)},
-    "network": {"autostart_default": ("yes", _BOOL)},
+    "network": {"autostart_default": ("yes", _BOOL), "recreate_default": ("no", _BOOL)},
     "bridge": {"allow": ("", _words()), "setuid_fallback": ("no", _BOOL)},
     "access": {"users": ("", _words()), "prune": ("no", _BOOL)},
     "qemu": {"clear_emulator_capabilities": ("keep", _choice("keep", "0"))},

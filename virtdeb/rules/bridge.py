@@ -1,0 +1,196 @@
+"""Rule ``bridge`` (README.Debian "Bridged network").
+
+qemu-bridge-helper creates the TAP devices of session domains on a bridge; it
+needs ``cap_net_admin+ep`` (the README's ``setcap cap_net_admin+ep
+/usr/lib/qemu/qemu-bridge-helper``) or setuid root, and the bridges it may use
+are the ``allow BRIDGE`` lines of /etc/qemu/bridge.conf.
+
+The capability: virtdeb writes the ``security.capability`` xattr (a journaled
+:class:`~virtdeb.system.caps.CapabilityChange`, reverted to the exact old
+bytes).  A qemu upgrade or reinstall replaces the file and drops the xattr; the
+file trigger on the helper runs this rule again.  virtdeb sets the capability
+only when bridging is wanted: ``[bridge] allow`` names a bridge, or virtdeb
+set it before (its marker /var/lib/virtdeb/bridge-helper-cap, removed by the
+revert that removes the capability).  A capability set by hand with no bridge
+configured is left alone and not restored after an upgrade; the capability is
+not another package's conffile, so the maintainer scripts need no consent.
+On a filesystem without xattrs the rule warns; with ``[bridge] setuid_fallback
+= yes`` it makes the helper setuid root through ``dpkg-statoverride --update
+--add root root 4755`` instead (kept by dpkg across upgrades).
+
+bridge.conf: one ``allow NAME`` per bridge of ``[bridge] allow``, edited with
+virtdeb's Bridgeconf lens; the administrator's allow, deny and include lines
+are kept.  No package ships /etc/qemu/bridge.conf (``dpkg -S`` finds none in
+bookworm): it is the administrator's file, so the maintainer scripts change it
+only with consent (``[virtdeb] allow_edit = bridge.conf``); virtdeb does not
+remove it on purge.  Every bridge name is checked by :func:`bridge_names`.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+from virtdeb import fsio
+from virtdeb.changes import Change, FileChange
+from virtdeb.edit import Editor
+from virtdeb.errors import UsageError
+from virtdeb.host import Host
+from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import caps
+from virtdeb.system.net import interface_name_problem
+
+HELPER = "/usr/lib/qemu/qemu-bridge-helper"
+CONF = "/etc/qemu/bridge.conf"
+LENS = "Bridgeconf.lns"
+MARKER = "/var/lib/virtdeb/bridge-helper-cap"
+MARKER_TEXT = b"cap_net_admin+ep set on " + HELPER.encode() + b" by virtdeb\n"
+HEADER = "bridges qemu-bridge-helper may use (virtdeb, see README.Debian)"
+CONFIG = "/etc/virtdeb/virtdeb.conf"
+MAX_INCLUDES = 16
+
+
+def check_bridge_name(name: str, source: str = CONFIG) -> str:
+    """``name`` if it is a valid bridge name, else a one-line UsageError."""
+    problem = interface_name_problem(name)
+    if problem:
+        raise UsageError(f"{source}: [bridge] allow: {name!r} is not a valid bridge name"
+                         f" ({problem}); fix the value and run again")
+    return name
+
+
+def bridge_names(host: Host) -> list[str]:
+    """The bridges of ``[bridge] allow``, each checked by :func:`check_bridge_name`."""
+    return [check_bridge_name(n, host.config.path) for n in host.config.words("bridge", "allow")]
+
+
+def acl(host: Host) -> tuple[set[str], set[str]]:
+    """(allowed, denied) names of bridge.conf and the files it includes."""
+    allowed: set[str] = set()
+    denied: set[str] = set()
+    todo, seen = [CONF], set[str]()
+    while todo and len(seen) < MAX_INCLUDES:
+        path = todo.pop(0)
+        if path in seen or not path.startswith("/"):
+            continue
+        seen.add(path)
+        with Editor(host, path, LENS) as ed:
+            allowed.update(v for v in ed.values("allow") if v)
+            denied.update(v for v in ed.values("deny") if v)
+            todo.extend(v for v in ed.values("include") if v)
+    return allowed, denied
+
+
+def _covered(name: str, names: set[str]) -> bool:
+    return name in names or "all" in names
+
+
+def _setuid_root(real: os.PathLike[str]) -> bool:
+    st = os.lstat(real)
+    return st.st_uid == 0 and bool(st.st_mode & stat.S_ISUID)
+
+
+@register
+class Bridge(Rule):
+    name = "bridge"
+    title = "qemu-bridge-helper and bridge.conf"
+
+    def _helper(self) -> bool:
+        return self.host.path(HELPER).is_file()
+
+    def _wanted(self, names: list[str]) -> bool:
+        return bool(names) or self.host.path(MARKER).is_file()
+
+    def check(self) -> list[Finding]:
+        if not self._helper():
+            return [self.finding(Status.NA, f"{HELPER} is not installed",
+                                 "bridged session networking needs qemu-system-common")]
+        names = bridge_names(self.host)
+        return self._check_helper(names) + self._check_conf(names)
+
+    def _check_helper(self, names: list[str]) -> list[Finding]:
+        real = self.host.path(HELPER)
+        try:
+            current = caps.read(real, HELPER)
+        except caps.NoXattrSupport as exc:
+            if _setuid_root(real):
+                return [self.finding(Status.PASS, "qemu-bridge-helper is setuid root")]
+            fallback = self.host.config.flag("bridge", "setuid_fallback")
+            return [self.finding(Status.WARN, exc.message,
+                                 "virtdeb apply bridge makes it setuid root (dpkg-statoverride)"
+                                 if fallback else "to make it setuid root instead: [bridge]"
+                                 f" setuid_fallback = yes in {CONFIG}, then virtdeb apply"
+                                 " bridge")]
+        parsed = caps.parse(current) if current is not None else None
+        if parsed is not None and parsed.has(caps.CAP_NET_ADMIN):
+            return [self.finding(Status.PASS, "qemu-bridge-helper has cap_net_admin+ep")]
+        if _setuid_root(real):
+            return [self.finding(Status.PASS, "qemu-bridge-helper is setuid root")]
+        if self._wanted(names):
+            return [self.finding(Status.FAIL, "qemu-bridge-helper lacks cap_net_admin+ep",
+                                 "virtdeb apply bridge (setcap cap_net_admin+ep"
+                                 f" {HELPER})")]
+        return [self.finding(Status.NOTE, "bridged networking for session domains is not set"
+                             " up (no capability on qemu-bridge-helper, no bridge allowed)",
+                             f"[bridge] allow = br0 in {CONFIG}, then virtdeb apply bridge")]
+
+    def _check_conf(self, names: list[str]) -> list[Finding]:
+        allowed, denied = acl(self.host)
+        out = []
+        blocked = [n for n in names if _covered(n, denied)]
+        if blocked:
+            out.append(self.finding(Status.WARN, f"{CONF} denies {', '.join(blocked)}"
+                                    " (deny lines win over allow lines)",
+                                    f"remove the deny line from {CONF} by hand"))
+        missing = [n for n in names if not _covered(n, allowed)]
+        if missing:
+            out.append(self.finding(Status.FAIL, f"{CONF} does not allow {', '.join(missing)}",
+                                    "virtdeb apply bridge (postinst needs [virtdeb]"
+                                    " allow_edit = bridge.conf)"))
+        elif names:
+            out.append(self.finding(Status.PASS, f"{CONF} allows {', '.join(names)}"))
+        return out
+
+    def plan(self) -> list[Change]:
+        if not self._helper():
+            return []
+        names = bridge_names(self.host)
+        return self._plan_helper(names) + self._plan_conf(names)
+
+    def _plan_helper(self, names: list[str]) -> list[Change]:
+        real = self.host.path(HELPER)
+        if not self._wanted(names) or _setuid_root(real):
+            return []
+        try:
+            current = caps.read(real, HELPER)
+        except caps.NoXattrSupport:
+            if self.host.config.flag("bridge", "setuid_fallback"):
+                return [caps.StatOverrideChange(self.name, HELPER)]
+            return []
+        parsed = caps.parse(current) if current is not None else None
+        if parsed is not None and parsed.has(caps.CAP_NET_ADMIN):
+            return []
+        changes: list[Change] = [caps.CapabilityChange(
+            self.name, HELPER, current, caps.with_cap(current, caps.CAP_NET_ADMIN))]
+        marker = fsio.read_bytes(self.host.path(MARKER), MARKER)
+        if marker is None:
+            changes.append(FileChange(self.name, MARKER, None, MARKER_TEXT, mode=0o644))
+        return changes
+
+    def _plan_conf(self, names: list[str]) -> list[Change]:
+        if not names:
+            return []
+        allowed, _ = acl(self.host)
+        missing = [n for n in names if not _covered(n, allowed)]
+        if not missing:
+            return []
+        with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
+            if not ed.exists:
+                ed.set("#comment", HEADER)
+            for name in missing:
+                if ed.match("allow"):  # keep the allow lines together
+                    ed.insert("allow[last()]", "allow", before=False)
+                    ed.set("allow[last()]", name)
+                else:
+                    ed.set("allow[last()+1]", name)
+        return list(ed.changes)

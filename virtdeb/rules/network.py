@@ -1,0 +1,432 @@
+"""Rule ``network`` (README.Debian "The default NAT network").
+
+libvirt's NAT network ``default`` should be defined, active and started at
+boot ("virsh net-start default", "virsh net-autostart default"), with the
+recommended packages dnsmasq-base, bridge-utils and the firewall tool of
+libvirt's backend (iptables for libvirt < 10.4, as in bookworm; the one named
+by ``firewall_backend`` in /etc/libvirt/network.conf when set; else nftables
+or iptables).  Everything goes through libvirt-python, never virsh.
+
+plan() starts the network and sets autostart (libvirt autostarts networks only
+once per boot, so a maintainer script has to start it itself).  When the
+network is not defined at all and virtdeb never saw it, it is defined from
+libvirt's template, /usr/share/libvirt/networks/default.xml (a built-in copy
+of the same XML when the file is absent), on a subnet that overlaps no
+address, no route and no other libvirt network of the host, at any prefix
+length.  :func:`pick_subnet` tries, in this order:
+
+1. 192.168.122.0/24 (the template's own subnet);
+2. 192.168.123.0/24, 192.168.124.0/24, ... 192.168.254.0/24;
+3. 172.16.122.0/24, 172.17.122.0/24, ... 172.31.122.0/24;
+4. 10.0.122.0/24, 10.1.122.0/24, ... 10.255.122.0/24;
+
+and fails with a clear error when every one is taken.  Routes shorter than /8
+(the default route, a VPN's 0.0.0.0/1 + 128.0.0.0/1 pair) say nothing about a
+local subnet and are ignored, as are IPv6 addresses and routes.
+
+virtdeb remembers in /var/lib/virtdeb/network-default.json (written through
+the journal) that it has looked after ``default``, and whether it defined it.
+A network that virtdeb saw and that is gone afterwards was removed by the
+administrator: virtdeb reports it and does not define it again, unless asked
+with ``virtdeb apply network --set network.recreate_default=yes``.  With
+``[network] autostart_default = no`` the rule only checks.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+import uuid
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, ClassVar
+
+from virtdeb import fsio
+from virtdeb.changes import Change, ConflictError, FileChange, Record
+from virtdeb.errors import LibvirtError, ParseError, VirtdebError
+from virtdeb.host import Host
+from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import net as sysnet
+
+log = logging.getLogger(__name__)
+
+NAME = "default"
+TEMPLATE = "/usr/share/libvirt/networks/default.xml"
+# libvirt 9.0's template, used when the file is absent (libvirt-daemon-config-network
+# not installed).
+BUILTIN_TEMPLATE = """<network>
+  <name>default</name>
+  <bridge name='virbr0'/>
+  <forward/>
+  <ip address='192.168.122.1' netmask='255.255.255.0'>
+    <dhcp>
+      <range start='192.168.122.2' end='192.168.122.254'/>
+    </dhcp>
+  </ip>
+</network>
+"""
+STATE = "/var/lib/virtdeb/network-default.json"
+NETWORK_CONF = "/etc/libvirt/network.conf"
+FIRST = ipaddress.IPv4Network("192.168.122.0/24")
+MIN_PREFIX = 8  # shorter routes are default routes in disguise
+PACKAGES = ("dnsmasq-base", "bridge-utils")
+FORCE = "virtdeb apply network --set network.recreate_default=yes"
+
+Net = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class NoFreeSubnet(VirtdebError):
+    """Every candidate subnet for the default network is in use on the host."""
+
+    name = "no-free-subnet"
+    exit_code = 1
+
+
+def candidates() -> Iterator[ipaddress.IPv4Network]:
+    """The subnets :func:`pick_subnet` tries, in order (see the module docstring)."""
+    for c in range(122, 255):
+        yield ipaddress.IPv4Network(f"192.168.{c}.0/24")
+    for b in range(16, 32):
+        yield ipaddress.IPv4Network(f"172.{b}.122.0/24")
+    for b in range(256):
+        yield ipaddress.IPv4Network(f"10.{b}.122.0/24")
+
+
+def pick_subnet(used: Sequence[Net], preferred: ipaddress.IPv4Network = FIRST) \
+        -> ipaddress.IPv4Network:
+    """The first candidate (``preferred`` first) that overlaps none of ``used``."""
+    taken = [n for n in used if n.version == 4 and n.prefixlen >= MIN_PREFIX]
+    for cand in chain([preferred], candidates()):
+        if not any(cand.overlaps(n) for n in taken):
+            return cand
+    raise NoFreeSubnet(
+        "no free subnet for libvirt's network 'default': 192.168.122-254.0/24,"
+        " 172.16-31.122.0/24 and 10.0-255.122.0/24 all overlap an address or route of"
+        " this host; define it by hand (virsh net-define) on a subnet of your choice")
+
+
+# -- the network's XML --------------------------------------------------------
+def parse_xml(xml: str, shown: str) -> ET.Element:
+    """The root of a network XML (libvirt's or a root-owned template), or a ParseError."""
+    try:
+        return ET.fromstring(xml)  # noqa: S314 - trusted: libvirt or a root-owned file
+    except ET.ParseError as exc:
+        line, col = exc.position
+        raise ParseError(shown, line, col, f"not valid XML ({exc})",
+                         "restore it from libvirt-daemon-config-network") from exc
+
+
+def _ipv4_element(root: ET.Element) -> ET.Element | None:
+    for ip in root.findall("ip"):
+        if ip.get("family", "ipv4") == "ipv4" and ip.get("address"):
+            return ip
+    return None
+
+
+def xml_subnet(xml: str) -> ipaddress.IPv4Network | None:
+    """The IPv4 subnet of a network's XML (its first ``<ip>``), or None."""
+    try:
+        ip = _ipv4_element(parse_xml(xml, "network XML"))
+    except ParseError:
+        return None
+    if ip is None:
+        return None
+    mask = ip.get("netmask") or ip.get("prefix") or "24"
+    try:
+        return ipaddress.IPv4Interface(f"{ip.get('address')}/{mask}").network
+    except ValueError:
+        return None
+
+
+def network_xml(template: str, subnet: ipaddress.IPv4Network, net_uuid: str,
+                shown: str = TEMPLATE) -> str:
+    """The template with ``net_uuid`` and, moved to ``subnet``, its address and DHCP range."""
+    root = parse_xml(template, shown)
+    node = root.find("uuid")
+    if node is None:
+        node = ET.Element("uuid")
+        node.tail = root.text  # the template's indentation
+        root.insert(0, node)
+    node.text = net_uuid
+    ip = _ipv4_element(root)
+    if ip is not None and xml_subnet(template) != subnet:
+        hosts = list(subnet.hosts())
+        ip.set("address", str(hosts[0]))
+        ip.attrib.pop("prefix", None)
+        ip.set("netmask", str(subnet.netmask))
+        for rng in ip.findall("dhcp/range"):
+            rng.set("start", str(hosts[1]))
+            rng.set("end", str(hosts[-1]))
+        for dhcp in ip.findall("dhcp"):
+            for host_entry in dhcp.findall("host"):
+                dhcp.remove(host_entry)  # static leases of the old subnet
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
+def read_template(host: Host) -> str:
+    data = fsio.read_bytes(host.path(TEMPLATE), TEMPLATE)
+    return BUILTIN_TEMPLATE if data is None else data.decode("utf-8", "replace")
+
+
+# -- libvirt --------------------------------------------------------------------
+def _libvirt() -> Any:
+    import libvirt
+
+    return libvirt
+
+
+class _Net:
+    """A libvirt network whose every call raises LibvirtError instead of libvirtError."""
+
+    def __init__(self, net: Any) -> None:
+        self._net = net
+
+    def __getattr__(self, attr: str) -> Any:
+        method = getattr(self._net, attr)
+
+        def call(*args: Any) -> Any:
+            return _call(f"{self._net.name()} ({attr})", method, *args)
+        return call
+
+
+def lookup(host: Host, name: str) -> Any:
+    """The libvirt network ``name``, or None when it is not defined."""
+    libvirt = _libvirt()
+    conn = host.connect()
+    try:
+        return _Net(conn.networkLookupByName(name))
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
+            return None
+        raise LibvirtError(f"libvirt network {name}: {exc.get_error_message()}") from exc
+
+
+def _call(what: str, func: Any, *args: Any) -> Any:
+    libvirt = _libvirt()
+    try:
+        return func(*args)
+    except libvirt.libvirtError as exc:
+        raise LibvirtError(f"libvirt network {what}: {exc.get_error_message()}") from exc
+
+
+def other_subnets(host: Host, name: str) -> list[ipaddress.IPv4Network]:
+    """The IPv4 subnets of every other libvirt network, active or not."""
+    conn = host.connect()
+    out = []
+    for other in _call("list", conn.listAllNetworks):
+        if other.name() == name:
+            continue
+        subnet = xml_subnet(_call(other.name(), other.XMLDesc, 0))
+        if subnet is not None:
+            out.append(subnet)
+    return out
+
+
+@dataclass
+class NetworkChange(Change):
+    """Define (optionally), start and autostart a libvirt network; revert undoes each."""
+
+    kind: ClassVar[str] = "libvirt-network"
+    rule: str
+    target: str  # the network's name
+    uuid: str
+    define_xml: str | None = None
+    start: bool = True
+    autostart: bool = True
+    note: str = field(default="", compare=False)
+
+    def diff(self) -> str:
+        out = []
+        if self.define_xml is not None:
+            out.append(f"define libvirt network {self.target}{self.note}:")
+            out += ["  " + line for line in self.define_xml.splitlines()]
+        if self.start:
+            out.append(f"start libvirt network {self.target}")
+        if self.autostart:
+            out.append(f"mark libvirt network {self.target} autostart")
+        return "\n".join(out) + "\n"
+
+    def _current(self, host: Host) -> Any:
+        net = lookup(host, self.target)
+        if self.define_xml is not None and net is not None:
+            raise ConflictError(f"libvirt network {self.target}: defined while virtdeb was"
+                                " planning; run the command again")
+        if self.define_xml is None and (net is None or net.UUIDString() != self.uuid):
+            raise ConflictError(f"libvirt network {self.target}: removed or replaced while"
+                                " virtdeb was planning; run the command again")
+        return net
+
+    def prepare(self, host: Host) -> None:
+        self._current(host)
+
+    def record(self, host: Host) -> Record:
+        net = self._current(host)
+        if net is None:
+            return {"kind": self.kind, "target": self.target, "uuid": self.uuid,
+                    "xml": None, "active": False, "autostart": False}
+        libvirt = _libvirt()
+        return {"kind": self.kind, "target": self.target, "uuid": self.uuid,
+                "xml": _call(self.target, net.XMLDesc, libvirt.VIR_NETWORK_XML_INACTIVE),
+                "active": bool(net.isActive()), "autostart": bool(net.autostart())}
+
+    def apply(self, host: Host) -> None:
+        if self.define_xml is not None:
+            _call(f"{self.target} (define)", host.connect().networkDefineXML, self.define_xml)
+        net = lookup(host, self.target)
+        if net is None:
+            raise LibvirtError(f"libvirt network {self.target}: not defined after all")
+        if self.start and not net.isActive():
+            _call(f"{self.target} (start)", net.create)
+        if self.autostart and not net.autostart():
+            _call(f"{self.target} (autostart)", net.setAutostart, 1)
+
+    @classmethod
+    def undo(cls, host: Host, record: Record) -> str:
+        name = record["target"]
+        net = lookup(host, name)
+        if net is None:
+            if record["xml"] is None:
+                return f"libvirt network {name}: already undefined"
+            raise ConflictError(f"libvirt network {name}: removed since virtdeb changed it;"
+                                " not reverted")
+        if net.UUIDString() != record["uuid"]:
+            raise ConflictError(f"libvirt network {name}: replaced (another UUID) since"
+                                " virtdeb changed it; not reverted")
+        if record["xml"] is None:
+            if net.isActive():
+                _call(f"{name} (stop)", net.destroy)
+            _call(f"{name} (undefine)", net.undefine)
+            return f"libvirt network {name}: stopped and undefined (virtdeb had defined it)"
+        done = []
+        if not record["autostart"] and net.autostart():
+            _call(f"{name} (autostart off)", net.setAutostart, 0)
+            done.append("autostart off")
+        if not record["active"] and net.isActive():
+            _call(f"{name} (stop)", net.destroy)
+            done.append("stopped")
+        return f"libvirt network {name}: {', '.join(done) or 'already as before'}"
+
+
+# -- packages -------------------------------------------------------------------
+_BACKEND = re.compile(r'^\s*firewall_backend\s*=\s*"([a-z]+)"', re.MULTILINE)
+
+
+def firewall_packages(host: Host) -> tuple[str, ...]:
+    """The packages of which one must be installed for libvirt's firewall backend."""
+    data = fsio.read_bytes(host.path(NETWORK_CONF), NETWORK_CONF)
+    match = _BACKEND.search(data.decode("utf-8", "replace")) if data else None
+    if match and match.group(1) in ("iptables", "nftables"):
+        return (match.group(1),)
+    version = host.version("libvirt-daemon-driver-network") or host.version("libvirt-daemon")
+    if version:
+        from debian.debian_support import Version
+
+        if Version(version) >= Version("10.4"):
+            return ("nftables", "iptables")
+    return ("iptables",)
+
+
+# -- the rule -------------------------------------------------------------------
+def _state(host: Host) -> tuple[bytes | None, dict[str, Any] | None]:
+    data = fsio.read_bytes(host.path(STATE), STATE)
+    if data is None:
+        return None, None
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return data, {}
+    return data, value if isinstance(value, dict) else {}
+
+
+def _state_bytes(defined_by_virtdeb: bool) -> bytes:
+    body = {"network": NAME, "defined_by_virtdeb": defined_by_virtdeb}
+    return (json.dumps(body, sort_keys=True) + "\n").encode()
+
+
+@register
+class Network(Rule):
+    name = "network"
+    title = "the default NAT network"
+
+    def check(self) -> list[Finding]:
+        return self._check_network() + self._check_packages()
+
+    def _check_packages(self) -> list[Finding]:
+        missing = [p for p in PACKAGES if not self.host.installed(p)]
+        firewall = firewall_packages(self.host)
+        if not any(self.host.installed(p) for p in firewall):
+            missing.append(" or ".join(firewall))
+        if missing:
+            return [self.finding(Status.WARN, f"recommended packages missing: {', '.join(missing)}",
+                                 f"apt install {' '.join(m.split()[0] for m in missing)}")]
+        present = [*PACKAGES, next(p for p in firewall if self.host.installed(p))]
+        return [self.finding(Status.PASS, f"{', '.join(present)} installed")]
+
+    def _check_network(self) -> list[Finding]:
+        try:
+            net = lookup(self.host, NAME)
+            active = net is not None and bool(net.isActive())
+            autostart = net is not None and bool(net.autostart())
+        except LibvirtError as exc:
+            return [self.finding(Status.WARN, f"cannot ask libvirt about network '{NAME}'",
+                                 exc.message)]
+        checking = "" if self.host.config.flag("network", "autostart_default") else \
+            " ([network] autostart_default = no: virtdeb only checks)"
+        if net is None:
+            _, state = _state(self.host)
+            if state is not None:
+                return [self.finding(Status.NOTE, f"network '{NAME}' was removed by the"
+                                     " administrator; virtdeb leaves it removed",
+                                     f"to have it back: {FORCE}")]
+            return [self.finding(Status.FAIL, f"network '{NAME}' is not defined",
+                                 f"virtdeb apply network defines it from {TEMPLATE}{checking}")]
+        out = []
+        if active:
+            out.append(self.finding(Status.PASS, f"network '{NAME}' is active"))
+        else:
+            out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active",
+                                    f"virtdeb apply network (virsh net-start {NAME}){checking}"))
+        if autostart:
+            out.append(self.finding(Status.PASS, f"network '{NAME}' starts at boot"))
+        else:
+            out.append(self.finding(Status.WARN, f"network '{NAME}' does not start at boot",
+                                    f"virtdeb apply network (virsh net-autostart {NAME})"
+                                    f"{checking}"))
+        return out
+
+    def plan(self) -> list[Change]:
+        if not self.host.config.flag("network", "autostart_default"):
+            return []
+        before, state = _state(self.host)
+        net = lookup(self.host, NAME)
+        defined_by_virtdeb = bool(state and state.get("defined_by_virtdeb"))
+        changes: list[Change] = []
+        if net is None:
+            if state is not None and not self.host.config.flag("network", "recreate_default"):
+                log.info("network %s was removed by the administrator; not recreating", NAME)
+                return []
+            changes.append(self._define())
+            defined_by_virtdeb = True
+        elif not net.isActive() or not net.autostart():
+            changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
+                                         start=not net.isActive(),
+                                         autostart=not net.autostart()))
+        after = _state_bytes(defined_by_virtdeb)
+        if before != after:
+            changes.append(FileChange(self.name, STATE, before, after, mode=0o644))
+        return changes
+
+    def _define(self) -> NetworkChange:
+        template = read_template(self.host)
+        preferred = xml_subnet(template) or FIRST
+        used = sysnet.used_networks(self.host, other_subnets(self.host, NAME))
+        subnet = pick_subnet(used, preferred)
+        net_uuid = str(uuid.uuid4())
+        xml = network_xml(template, subnet, net_uuid)
+        source = TEMPLATE if self.host.path(TEMPLATE).exists() else "virtdeb's copy of it"
+        return NetworkChange(self.name, NAME, net_uuid, define_xml=xml,
+                             note=f" on {subnet} (from {source})")
