@@ -23,7 +23,7 @@ log = logging.getLogger("virtdeb")
 
 # Modules that add subcommands: each has add_parser(subparsers) -> None and sets
 # the parser's ``func`` default to a handler (args) -> int.
-EXTRA_COMMANDS: list[str] = ["virtdeb.acl", "virtdeb.debugcmd"]
+EXTRA_COMMANDS: list[str] = ["virtdeb.acl", "virtdeb.debugcmd", "virtdeb.cpucheck"]
 
 Handler = Callable[[argparse.Namespace], int]
 

@@ -64,6 +64,7 @@ SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
     "access": {"users": ("", _words()), "prune": ("no", _BOOL)},
     "qemu": {"clear_emulator_capabilities": ("keep", _choice("keep", "0"))},
     "cpu": {"on_microcode": ("warn", _choice("warn", "fix", "nothing"))},
+    "apt": {"block_on_fragile": ("no", _BOOL)},
 }
 
 _LINE_KEY = re.compile(r"^\s*([^=:\s]+)\s*[=:]")

@@ -81,11 +81,31 @@ def rules_for_triggers(names: Sequence[str]) -> list[str]:
     return wanted
 
 
+def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
+    """A microcode package changed (rule cpu): baseline, marker, a check now."""
+    from virtdeb import cpucheck
+
+    try:
+        cpucheck.microcode_triggered(host, " ".join(triggers).split())
+    except VirtdebError as exc:
+        log.warning("cpu: %s", exc.message)
+
+
+def boot(host: Host) -> None:
+    """The boot unit: check the domains' CPUs after a microcode update (rule cpu)."""
+    from virtdeb import cpucheck
+
+    try:
+        cpucheck.boot(host)
+    except VirtdebError as exc:
+        log.warning("cpu: %s", exc.message)
+
+
 def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="virtdeb: %(message)s")
     if not args:
-        print("usage: maint configure [OLDVERSION] | triggered TRIGGERS", file=sys.stderr)
+        print("usage: maint configure [OLDVERSION] | triggered TRIGGERS | boot", file=sys.stderr)
         return 2
     host = Host(root=Path(root))
     try:
@@ -97,7 +117,12 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     if action == "configure":
         run_rules(host, CONFIGURE_RULES, "postinst configure")
     elif action == "triggered":
-        run_rules(host, rules_for_triggers(args[1:]), "postinst triggered")
+        wanted = rules_for_triggers(args[1:])
+        run_rules(host, wanted, "postinst triggered")
+        if "cpu" in wanted:
+            microcode_triggered(host, args[1:])
+    elif action == "boot":
+        boot(host)
     else:
         print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
         return 2

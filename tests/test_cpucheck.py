@@ -1,0 +1,235 @@
+"""``virtdeb cpu-check`` against a real private libvirtd (AMD host: kvm, /dev/kvm).
+
+Domains are defined (never started) whose custom CPU the host cannot give: by
+vendor (Haswell + Intel) and by missing features (the host-model CPU written
+out as custom plus ``hle`` and ``rtm``), beside compatible ones.
+"""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from virtdeb import cli, cpucheck
+from virtdeb.host import Host
+from virtdeb.rules import Status
+from virtdeb.rules.cpu import Cpu
+
+libvirt = pytest.importorskip("libvirt")
+
+FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+EMULATOR = "/usr/bin/qemu-system-x86_64"
+
+
+def domain_xml(name: str, cpu: str) -> str:
+    return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>"
+            f"<os><type arch='x86_64' machine='pc'>hvm</type></os>{cpu}"
+            f"<devices><emulator>{EMULATOR}</emulator></devices></domain>")
+
+
+def host_model_as_custom(conn: Any, extra: str = "") -> str:
+    """The hypervisor's host-model CPU written out as a custom CPU (what virt-install does)."""
+    caps = ET.fromstring(conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
+    mode = caps.find("cpu/mode[@name='host-model']")
+    assert mode is not None
+    parts = [f"<model fallback='forbid'>{mode.findtext('model')}</model>"]
+    parts += [f"<vendor>{mode.findtext('vendor')}</vendor>"] if mode.findtext("vendor") else []
+    parts += [ET.tostring(f, encoding="unicode") for f in mode.findall("feature")]
+    return f"<cpu mode='custom' match='exact'>{''.join(parts)}{extra}</cpu>"
+
+
+TSX = "<feature policy='require' name='hle'/><feature policy='require' name='rtm'/>"
+HASWELL_INTEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"
+                 "<vendor>Intel</vendor></cpu>")
+PENTIUM3_LOOSE = ("<cpu mode='custom' match='minimum'><model fallback='allow'>pentium3</model>"
+                  "</cpu>")
+
+
+@pytest.fixture
+def domains(libvirt_conn: Any) -> dict[str, Any]:
+    conn = libvirt_conn
+    defs = {
+        "tsx": host_model_as_custom(conn, TSX),
+        "tsx-twin": host_model_as_custom(conn, TSX),  # same definition: compared once
+        "intel": HASWELL_INTEL,
+        "fits": host_model_as_custom(conn),
+        "loose": PENTIUM3_LOOSE,
+        "hostmodel": "<cpu mode='host-model'/>",
+        "nocpu": "",
+    }
+    return {name: conn.defineXML(domain_xml(name, cpu)) for name, cpu in defs.items()}
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = cli.main(list(argv))
+    return code, capsys.readouterr().out
+
+
+def check_json(capsys: pytest.CaptureFixture[str], uri: str, root: Path,
+               *extra: str) -> tuple[int, dict[str, Any]]:
+    code, out = run_cli(capsys, "cpu-check", "--connect", uri, "--root", str(root), "--json",
+                        *extra)
+    return code, json.loads(out)
+
+
+def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {d["domain"]: d for d in data["domains"]}
+
+
+def compare(conn: Any, dom: Any) -> int:
+    """The comparison done independently of virtdeb (raises when incompatible)."""
+    parsed = ET.fromstring(dom.XMLDesc(FLAGS))
+    cpu = ET.tostring(parsed.find("cpu"), encoding="unicode")
+    ostype = parsed.find("os/type")
+    assert ostype is not None
+    return int(conn.compareHypervisorCPU(EMULATOR, "x86_64", ostype.get("machine"), "kvm", cpu,
+                                         libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE))
+
+
+def test_report_names_missing_features_and_vendor(
+        libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    code, data = check_json(capsys, libvirtd.uri, tmp_path)
+    assert code == 1
+    got = by_name(data)
+    assert got["tsx"]["compatible"] is False
+    assert got["tsx"]["missing_features"] == ["hle", "rtm"]
+    assert "Host CPU does not provide required features: hle, rtm" in got["tsx"]["message"]
+    assert got["tsx"]["vendor_mismatch"] is False
+    assert got["tsx"]["fragile"] == ["fallback=forbid", "match=exact"]
+    assert got["intel"]["compatible"] is False
+    assert got["intel"]["vendor_mismatch"] is True
+    assert "host CPU vendor does not match" in got["intel"]["message"]
+    assert got["fits"]["compatible"] is True and got["fits"]["missing_features"] == []
+    assert got["loose"] == {**got["loose"], "compatible": True, "fragile": []}
+    assert got["hostmodel"]["compared"] is False
+    assert got["nocpu"]["compared"] is False
+    # tsx and tsx-twin share one definition: 4 distinct custom CPUs, 4 comparisons.
+    assert data["compared"] == 4
+
+
+def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
+                        "--domain", "tsx", "fits")
+    assert code == 1
+    assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: hle, rtm" in out
+    assert "fits (shut off, " in out and "intel" not in out
+    code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
+                        "--domain", "fits")
+    assert code == 0
+    assert cli.main(["cpu-check", "--connect", libvirtd.uri, "--domain", "nosuch"]) == 2
+
+
+@pytest.mark.parametrize("strategy", cpucheck.STRATEGIES)
+def test_fix_makes_compare_pass_and_revert_restores_bytes(
+        strategy: str, libvirtd: Any, libvirt_conn: Any, domains: dict[str, Any],
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    conn = libvirt_conn
+    broken = ["tsx", "tsx-twin", "intel"]
+    before = {n: domains[n].XMLDesc(FLAGS) for n in domains}
+    for name in broken:
+        with pytest.raises(libvirt.libvirtError):
+            compare(conn, domains[name])
+    code, data = check_json(capsys, libvirtd.uri, tmp_path, "--fix", strategy)
+    assert code == 0, data
+    assert sorted(f["domain"] for f in data["fixed"]) == sorted(broken)
+    assert all(f["compatible"] for f in data["fixed"])
+    for name in broken:
+        assert compare(conn, domains[name]) >= 1, name  # passes now, checked by libvirt
+        assert domains[name].XMLDesc(FLAGS) != before[name]
+    for name in set(domains) - set(broken):
+        assert domains[name].XMLDesc(FLAGS) == before[name], name
+    after_tsx = ET.fromstring(domains["tsx"].XMLDesc(FLAGS)).find("cpu")
+    assert after_tsx is not None
+    policies = {f.get("name"): f.get("policy") for f in after_tsx.findall("feature")}
+    assert policies["hle"] == policies["rtm"] == "disable"
+    if strategy == "disable-missing":
+        old = ET.fromstring(before["tsx"]).find("cpu")
+        assert old is not None
+        old_policies = {f.get("name"): f.get("policy") for f in old.findall("feature")}
+        assert {k: v for k, v in policies.items() if v != old_policies.get(k)} == {
+            "hle": "disable", "rtm": "disable"}  # exactly the missing ones
+    if strategy == "host-model":
+        assert after_tsx.get("mode") == "host-model"
+    if strategy == "model":
+        usable = {m.text for m in ET.fromstring(conn.getDomainCapabilities(
+            EMULATOR, "x86_64", None, "kvm", 0)).findall("cpu/mode[@name='custom']/model")
+            if m.get("usable") == "yes"}
+        assert after_tsx.findtext("model") in usable
+
+    code, out = run_cli(capsys, "revert", "--connect", libvirtd.uri, "--root", str(tmp_path))
+    assert code == 0, out
+    for name in domains:
+        assert domains[name].XMLDesc(FLAGS) == before[name], name  # byte for byte
+
+
+def test_dry_run_shows_diff_defines_nothing(libvirtd: Any, domains: dict[str, Any],
+                                            tmp_path: Path,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    before = domains["tsx"].XMLDesc(FLAGS)
+    code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
+                        "--domain", "tsx", "--fix", "disable-missing", "--dry-run")
+    assert "-    <feature policy='require' name='hle'/>" in out
+    assert "+    <feature policy='disable' name='hle'/>" in out
+    assert "dry run: nothing defined" in out
+    assert code == 1
+    assert domains["tsx"].XMLDesc(FLAGS) == before
+    assert not (tmp_path / "var/lib/virtdeb/journal").exists()
+
+
+def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
+                                           domains: dict[str, Any], tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    check_json(capsys, libvirtd.uri, tmp_path, "--domain", "tsx", "--fix", "disable-missing")
+    # The administrator edits the CPU again afterwards: revert must not clobber it.
+    edited = domains["tsx"].XMLDesc(FLAGS).replace("name='hle'", "name='hle'/><feature "
+                                                   "policy='disable' name='avx512f'", 1)
+    libvirt_conn.defineXML(edited)
+    now = domains["tsx"].XMLDesc(FLAGS)
+    code = cli.main(["revert", "--connect", libvirtd.uri, "--root", str(tmp_path)])
+    assert code == 1
+    assert "changed since virtdeb rewrote it" in capsys.readouterr().err
+    assert domains["tsx"].XMLDesc(FLAGS) == now
+
+
+def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], tmp_path: Path) -> None:
+    findings = Cpu(Host(root=tmp_path, uri=libvirtd.uri)).check()
+    lines = {f.message.split(" ")[0]: f for f in findings}
+    assert lines["tsx"].status is Status.FAIL and "hle, rtm" in lines["tsx"].message
+    assert lines["intel"].status is Status.FAIL
+    assert lines["fits"].status is Status.NOTE  # fragile: fallback=forbid
+    assert "loose" not in lines and "hostmodel" not in lines
+
+
+def test_doctor_rule_passes_without_fragile(libvirtd: Any, libvirt_conn: Any,
+                                            tmp_path: Path) -> None:
+    libvirt_conn.defineXML(domain_xml("loose", PENTIUM3_LOOSE))
+    findings = Cpu(Host(root=tmp_path, uri=libvirtd.uri)).check()
+    assert [f.status for f in findings] == [Status.PASS]
+
+
+def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict[str, Any],
+                                                   tmp_path: Path) -> None:
+    (tmp_path / "etc/virtdeb").mkdir(parents=True)
+    (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
+    host = Host(root=tmp_path, uri=libvirtd.uri)
+    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    marker = tmp_path / cpucheck.MARKER.lstrip("/")
+    assert marker.exists()
+    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    assert report["broken"] == 3 and report["fixed"] == []  # trigger time: report only
+    assert cpucheck.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
+    assert not marker.exists()
+    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    assert sorted(report["fixed"]) == ["intel", "tsx", "tsx-twin"]
+    conn = libvirtd.connect()
+    try:
+        for name in report["fixed"]:
+            assert compare(conn, conn.lookupByName(name)) >= 1
+    finally:
+        conn.close()

@@ -1,0 +1,70 @@
+"""Rule ``cpu`` (README.Debian "CPU models and microcode").
+
+A microcode update can take CPU features away (Intel's TSX: ``hle``, ``rtm``);
+a domain with a custom CPU model that requires them no longer starts: "Host
+CPU does not provide required features".  The check compares every defined
+domain's custom CPU with what the hypervisor gives (``virtdeb cpu-check``) and
+shows the state of the microcode marker, baseline and last report.  Fixing
+rewrites a domain definition, which is the administrator's: it is done by
+``virtdeb cpu-check --fix`` (or at boot with ``[cpu] on_microcode = fix``),
+not by ``apply``.
+"""
+
+from __future__ import annotations
+
+from virtdeb import cpucheck
+from virtdeb.errors import VirtdebError
+from virtdeb.rules import Finding, Rule, Status, register
+
+
+@register
+class Cpu(Rule):
+    name = "cpu"
+    title = "domains' CPU models fit the host CPU"
+
+    def check(self) -> list[Finding]:
+        return self._domains() + self._microcode()
+
+    def _domains(self) -> list[Finding]:
+        try:
+            reports, _ = cpucheck.inspect(self.host.connect())
+        except VirtdebError as exc:
+            return [self.finding(Status.WARN, f"cannot compare the domains' CPUs: {exc.message}",
+                                 "start libvirtd, or pass --connect URI")]
+        out = []
+        for r in reports:
+            if r.broken:
+                out.append(self.finding(Status.FAIL, r.line(), cpucheck.CHECK_HINT))
+            elif r.verdict is not None and r.fragile:
+                out.append(self.finding(Status.NOTE, r.line(),
+                                        "a microcode update that removes a feature stops it"))
+        if not out:
+            custom = sum(r.verdict is not None for r in reports)
+            out.append(self.finding(Status.PASS, f"{custom} of {len(reports)} domains have a"
+                                    " custom CPU model; all fit this host, none fragile"))
+        return out
+
+    def _microcode(self) -> list[Finding]:
+        out = []
+        marker = cpucheck.read_json(self.host, cpucheck.MARKER)
+        if marker is not None:
+            out.append(self.finding(Status.NOTE, f"microcode updated ({marker.get('time')}):"
+                                    " the domains are checked again after the next boot",
+                                    "reboot to load it; virtdeb cpu-check checks now"))
+        elif self.host.path(cpucheck.MARKER).exists():
+            out.append(self.finding(Status.NOTE, "microcode updated: a check after the next"
+                                    " boot is pending"))
+        baseline = cpucheck.read_json(self.host, cpucheck.BASELINE)
+        if baseline is not None:
+            flags = baseline.get("cpuinfo_flags") or []
+            out.append(self.finding(Status.NOTE, f"CPU baseline of {baseline.get('time')}:"
+                                    f" {len(flags)} flags, microcode"
+                                    f" {baseline.get('microcode') or 'unknown'}"))
+        last = cpucheck.read_json(self.host, cpucheck.LAST_REPORT)
+        if last is not None:
+            broken, fixed = last.get("broken", 0), last.get("fixed") or []
+            status = Status.WARN if broken and len(fixed) < broken else Status.NOTE
+            text = (f"last check ({last.get('reason')}, {last.get('time')}): {broken}"
+                    f" incompatible domain(s)" + (f", fixed: {', '.join(fixed)}" if fixed else ""))
+            out.append(self.finding(status, text, f"see {cpucheck.LAST_REPORT}"))
+        return out
