@@ -25,16 +25,14 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from typing import Any
 
-from virtdeb import fsio, report
+from virtdeb import fsio
 from virtdeb.changes import Change, FileChange
-from virtdeb.cli import add_host_options, host_from
+from virtdeb.cli import add_host_options, host_from, show_and_apply
 from virtdeb.edit import Editor, created_marker
 from virtdeb.errors import ParseError, UsageError
 from virtdeb.host import Host
-from virtdeb.journal import Journal
 from virtdeb.rules.access import checked_users
 from virtdeb.system import groups
 
@@ -237,16 +235,10 @@ def cmd_acl(args: argparse.Namespace) -> int:
     consent = host.config.may_edit(LIBVIRTD_CONF)
     if args.acl_command == "grant" and consent:
         changes += access_driver_changes(host)
-    if not changes:
-        print(f"nothing to change: {RULES_FILE} already says so")
+    entry = show_and_apply(host, changes, f"acl {args.acl_command} {user}",
+                           dry_run=args.dry_run, unchanged=f"{RULES_FILE} already says so")
+    if entry is None:
         return 0
-    report.plan_text(changes, sys.stdout)
-    if args.dry_run:
-        print("dry run: nothing written")
-        return 0
-    entry = Journal(host).apply(changes, f"acl {args.acl_command} {user}")
-    assert entry is not None
-    print(f"applied as journal entry {entry.id}; undo with: virtdeb revert {entry.id}")
     if not polkit_driver_on(host):
         print(f"libvirtd does not ask polkit per API call yet: set access_drivers ="
               f' [ "polkit" ] in {LIBVIRTD_CONF} (or let virtdeb: virtdeb acl grant ...'

@@ -14,9 +14,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from virtdeb import __version__, report
+from virtdeb.changes import Change
 from virtdeb.errors import UsageError, VirtdebError
 from virtdeb.host import DEFAULT_URI, Host
-from virtdeb.journal import Journal
+from virtdeb.journal import Entry, Journal
 from virtdeb.rules import Status, load_all, select
 
 log = logging.getLogger("virtdeb")
@@ -60,22 +61,34 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 1 if any(f.status is Status.FAIL for f in findings) else 0
 
 
+def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_run: bool,
+                   unchanged: str) -> Entry | None:
+    """Print the plan; unless ``dry_run``, journal and make it and say how to undo it.
+
+    The one way every subcommand makes changes.  ``unchanged`` is printed when
+    there is nothing to do.
+    """
+    if not changes:
+        print(f"nothing to change: {unchanged}")
+        return None
+    report.plan_text(changes, sys.stdout)
+    if dry_run:
+        print(f"dry run: {len(changes)} change(s) shown, nothing written")
+        return None
+    entry = Journal(host).apply(changes, command)
+    assert entry is not None
+    print(f"applied {len(changes)} change(s) as journal entry {entry.id};"
+          f" undo with: virtdeb revert {entry.id}")
+    return entry
+
+
 def cmd_apply(args: argparse.Namespace) -> int:
     host = host_from(args)
     rules = select(args.rules)
     changes = [c for rule in rules for c in rule(host).plan()]
-    names = ", ".join(r.name for r in rules)
-    if not changes:
-        print(f"nothing to change: the host already matches ({names})")
-        return 0
-    report.plan_text(changes, sys.stdout)
-    if args.dry_run:
-        print(f"dry run: {len(changes)} change(s) shown, nothing written")
-        return 0
-    entry = Journal(host).apply(changes, "apply " + " ".join(r.name for r in rules))
-    assert entry is not None
-    print(f"applied {len(changes)} change(s) as journal entry {entry.id};"
-          f" undo with: virtdeb revert {entry.id}")
+    names = " ".join(r.name for r in rules)
+    show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
+                   unchanged=f"the host already matches ({names})")
     return 0
 
 

@@ -15,10 +15,8 @@ import argparse
 import os
 import sys
 
-from virtdeb import report
-from virtdeb.cli import add_host_options, host_from
+from virtdeb.cli import add_host_options, host_from, show_and_apply
 from virtdeb.errors import UsageError
-from virtdeb.journal import Journal
 from virtdeb.rules import debug
 
 RESTART = ("libvirtd reads it at start: restart it (service libvirtd restart), or change"
@@ -74,15 +72,9 @@ def cmd_debug(args: argparse.Namespace) -> int:
         filters = debug.checked(args.enable, debug.FILTER, "--enable")
         outputs = debug.checked(args.outputs, debug.OUTPUT, "--outputs")
         changes = debug.logging_changes(host, filters, outputs)
-    if not changes:
-        print(f"nothing to change: {debug.CONF} already says so")
-        return 0
-    report.plan_text(changes, sys.stdout)
-    if args.dry_run:
-        print("dry run: nothing written")
-        return 0
-    entry = Journal(host).apply(changes, "debug " + ("--disable" if args.disable else "--enable"))
-    assert entry is not None
-    print(f"changed {debug.CONF} as journal entry {entry.id}; undo with: virtdeb revert"
-          f" {entry.id}\n{RESTART}")
+    entry = show_and_apply(host, changes,
+                           "debug " + ("--disable" if args.disable else "--enable"),
+                           dry_run=args.dry_run, unchanged=f"{debug.CONF} already says so")
+    if entry is not None:
+        print(RESTART)
     return 0
