@@ -96,11 +96,15 @@ class Editor:
 
     @property
     def changes(self) -> list[FileChange]:
-        """The change, and for a file virtdeb owns and creates, its ownership marker."""
+        """The change, and for a file virtdeb owns and creates, its ownership marker.
+
+        The marker comes first: an apply interrupted between the two must not
+        leave a file virtdeb created without the marker that lets purge remove it.
+        """
         if self.change is None:
             return []
         if self.own and self.before is None:
-            return [self.change, created_marker(self.host, self.rule, self.path)]
+            return [created_marker(self.host, self.rule, self.path), self.change]
         return [self.change]
 
     def __enter__(self) -> Editor:

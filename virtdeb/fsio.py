@@ -21,7 +21,8 @@ NEW_FILE_MODE = 0o644
 def read_bytes(real: Path, shown: str) -> bytes | None:
     """The file's bytes, or None if it does not exist.  Refuses symlinks."""
     try:
-        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        # O_NONBLOCK: a FIFO put in place of a config file must not hang virtdeb
+        fd = os.open(real, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -31,10 +32,13 @@ def read_bytes(real: Path, shown: str) -> bytes | None:
                 " through: replace it with a regular file or edit the target by hand"
             ) from exc
         raise SystemCommandError(f"{shown}: cannot read: {exc.strerror}") from exc
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise UnsafePathError(f"{shown}: is not a regular file; virtdeb leaves it alone")
-        return fh.read()
+    try:
+        with os.fdopen(fd, "rb") as fh:
+            if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+                raise UnsafePathError(f"{shown}: is not a regular file; virtdeb leaves it alone")
+            return fh.read()
+    except OSError as exc:
+        raise SystemCommandError(f"{shown}: cannot read: {exc.strerror}") from exc
 
 
 def check_writable(real: Path, shown: str) -> None:

@@ -18,7 +18,7 @@ from typing import Any
 
 from virtdeb import fsio
 from virtdeb.changes import KINDS, Change
-from virtdeb.errors import ParseError, UsageError
+from virtdeb.errors import ParseError, SystemCommandError, UsageError
 from virtdeb.host import Host
 
 log = logging.getLogger(__name__)
@@ -44,9 +44,13 @@ class Journal:
         return self.dir / f"{entry_id}.json"
 
     def _save(self, entry: Entry) -> None:
-        self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         data = json.dumps(entry.__dict__, indent=1, sort_keys=True).encode()
         shown = f"/var/lib/virtdeb/journal/{entry.id}.json"
+        try:
+            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError as exc:
+            raise SystemCommandError(f"{shown}: cannot create its directory:"
+                                     f" {exc.strerror}") from exc
         fsio.atomic_write(self._path(entry.id), data + b"\n", shown, mode=0o600)
 
     def _new_id(self) -> str:
@@ -89,6 +93,9 @@ class Journal:
 
     def revert(self, entry_id: str | None = None) -> tuple[Entry, list[str]]:
         """Undo one entry (default: the newest not yet reverted), last change first."""
+        from virtdeb.rules import load_all
+
+        load_all()  # every Change kind lives in a rule module or an adapter it imports
         entries = self.entries()
         if entry_id is None:
             live = [e for e in entries if e.status != "reverted"]
