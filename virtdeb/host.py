@@ -44,6 +44,7 @@ class Host:
     def __post_init__(self) -> None:
         self.root = Path(self.root).resolve()
         self._conn: Any = None
+        self._conn_error: LibvirtError | None = None
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -142,7 +143,12 @@ class Host:
 
     # -- libvirt -------------------------------------------------------------
     def connect(self) -> Any:
-        """One libvirt connection for the Host's lifetime (read-write)."""
+        """One libvirt connection for the Host's lifetime (read-write).
+
+        A failure is remembered: every rule asking again gets the same error at once.
+        """
+        if self._conn_error is not None:
+            raise self._conn_error
         if self._conn is None:
             import libvirt
 
@@ -150,10 +156,11 @@ class Host:
             try:
                 self._conn = libvirt.open(self.uri)
             except libvirt.libvirtError as exc:
-                raise LibvirtError(
+                self._conn_error = LibvirtError(
                     f"cannot connect to {self.uri}: {exc.get_error_message()};"
                     " is libvirtd running? (--connect URI picks another)"
-                ) from exc
+                )
+                raise self._conn_error from exc
         return self._conn
 
     def close(self) -> None:
