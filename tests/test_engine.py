@@ -13,7 +13,7 @@ import pytest
 
 from virtdeb import cli, fsio
 from virtdeb.changes import ConflictError, FileChange
-from virtdeb.config import Config
+from virtdeb.config import Config, save_changes
 from virtdeb.edit import Editor
 from virtdeb.errors import ParseError, UnsafePathError, UsageError
 from virtdeb.host import Host
@@ -189,12 +189,21 @@ def test_config_errors_name_the_line(text: str, line: int, words: str) -> None:
     assert words in str(err.value)
 
 
-def test_config_render_round_trips() -> None:
-    conf = Config.parse("[bridge]\nallow = br0 br1\n[xend]\nhttp_server = yes\n")
-    again = Config.parse(conf.render())
-    assert again == conf
-    assert again.words("bridge", "allow") == ["br0", "br1"]
-    assert not again.may_edit("/etc/libvirt/qemu.conf")
+def test_config_save_keeps_comments_and_round_trips(tmp_path: Path) -> None:
+    host = Host(root=tmp_path)
+    first = {"bridge.allow": "br0", "xend.http_server": "no", "access.users": ""}
+    Journal(host).apply(save_changes(host, first), "test")
+    conf = Config.load(host.config_path)
+    assert conf.words("bridge", "allow") == ["br0"] and conf.words("access", "users") == []
+    assert save_changes(host, first) == []  # nothing differs: nothing written
+    text = host.config_path.read_text().replace("[bridge]", "# the lab\n[bridge]")
+    host.config_path.write_text(text)
+    Journal(host).apply(save_changes(host, {"bridge.allow": "br0 br1"}), "test")
+    after = host.config_path.read_text()
+    assert "# the lab\n[bridge]\nallow = br0 br1\n" in after
+    assert after.replace("br0 br1", "br0") == text
+    with pytest.raises(UsageError, match="debconf bridge.nope: no such setting"):
+        save_changes(host, {"bridge.nope": "x"})
 
 
 # -- CLI ----------------------------------------------------------------------------

@@ -21,7 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtdeb.changes import Change
+from virtdeb.edit import Editor
 from virtdeb.errors import ParseError, UsageError
+from virtdeb.host import Host
 
 # The files of other packages virtdeb may edit only with the admin's say.
 FOREIGN_FILES = {
@@ -85,6 +88,17 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
     return None
 
 
+def check_setting(dotted: str, value: str, origin: str = "--set") -> tuple[str, str]:
+    """``(section, key)`` of a valid ``section.key`` setting, or a UsageError."""
+    section, _, key = dotted.partition(".")
+    if key not in SCHEMA.get(section, {}):
+        raise UsageError(f"{origin} {dotted}: no such setting")
+    problem = SCHEMA[section][key][1](" ".join(value.split()))
+    if problem:
+        raise UsageError(f"{origin} {dotted}: {problem}")
+    return section, key
+
+
 @dataclass(frozen=True)
 class Config:
     """The validated values: ``get(section, key)`` always answers."""
@@ -133,13 +147,8 @@ class Config:
                                      f"{section}.{key}: {problem}")
                 values[(section, key)] = value
         for dotted, value in (overrides or {}).items():
-            section, _, key = dotted.partition(".")
-            if key not in SCHEMA.get(section, {}):
-                raise UsageError(f"--set {dotted}: no such setting")
-            problem = SCHEMA[section][key][1](value)
-            if problem:
-                raise UsageError(f"--set {dotted}: {problem}")
-            values[(section, key)] = value
+            section, key = check_setting(dotted, value)
+            values[(section, key)] = " ".join(value.split())
         return cls(values, path)
 
     @classmethod
@@ -172,13 +181,28 @@ class Config:
         allowed = {FOREIGN_FILES[name] for name in self.words("virtdeb", "allow_edit")}
         return abspath in allowed
 
-    def render(self) -> str:
-        """The file text for these values (used when debconf answers are saved)."""
-        out = ["# virtdeb configuration: see virtdeb(8). Written by virtdeb;"
-               " your edits are kept.", ""]
-        for section, keys in SCHEMA.items():
-            out.append(f"[{section}]")
-            for key in keys:
-                out.append(f"{key} = {self.values[(section, key)]}".rstrip())
-            out.append("")
-        return "\n".join(out)
+
+
+HEADER = ("virtdeb configuration, see virtdeb(8). dpkg-reconfigure virtdeb writes the"
+          " answers here; your own edits and comments are kept.")
+
+
+def save_changes(host: Host, settings: Mapping[str, str], rule: str = "config") -> list[Change]:
+    """The edit of /etc/virtdeb/virtdeb.conf that records ``settings`` (section.key -> value).
+
+    Only settings whose value differs from what the file says now are written;
+    a new file gets every setting, so it documents itself.  Comments stay.
+    """
+    current = Config.load(host.config_path)
+    shown = current.path
+    with Editor(host, shown, "Virtdebconf.lns", rule=rule) as ed:
+        if not ed.exists:
+            ed.set("#comment", HEADER)
+        for dotted, value in settings.items():
+            section, key = check_setting(dotted, value, "debconf")
+            value = " ".join(value.split())
+            if ed.exists and current.get(section, key) == value:
+                continue
+            existing = ed.match(f"{section}/{key}")  # at most one: Config.load checked
+            ed.set(existing[0] if existing else f"{section}/{key}", value or None)
+    return list(ed.changes)

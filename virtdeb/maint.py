@@ -31,8 +31,10 @@ TRIGGERS: dict[str, list[str]] = {
     "/usr/lib/firmware/amd-ucode": ["cpu"],
     "/usr/lib/qemu/qemu-bridge-helper": ["bridge"],
     "/lib/qemu/qemu-bridge-helper": ["bridge"],
+    # files of the dnsmasq daemon package (/usr/sbin/dnsmasq is dnsmasq-base's)
     "/etc/init.d/dnsmasq": ["dnsmasq"],
-    "/usr/sbin/dnsmasq": ["dnsmasq"],
+    "/lib/systemd/system/dnsmasq.service": ["dnsmasq"],
+    "/usr/lib/systemd/system/dnsmasq.service": ["dnsmasq"],
     "/bin/nc.openbsd": ["ssh"],
     "/usr/bin/nc.openbsd": ["ssh"],
 }
@@ -69,7 +71,31 @@ def run_rules(host: Host, names: Sequence[str], command: str) -> int:
         except VirtdebError as exc:
             failed += 1
             log.warning("%s: %s", name, exc.message)
+        except Exception:  # noqa: BLE001 - one rule's bug must not stop the others
+            failed += 1
+            log.exception("%s: internal error (please report it); the other rules go on", name)
     return failed
+
+
+def save_answers(host: Host) -> Host:
+    """Write the debconf answers into virtdeb.conf; the Host to go on with.
+
+    An answer that is not valid is reported and left out; the file keeps its value.
+    """
+    from virtdeb.config import check_setting, save_changes
+    from virtdeb.debconf_answers import read_answers
+
+    answers = {}
+    for key, value in read_answers().items():
+        try:
+            check_setting(key, value, "debconf")
+        except VirtdebError as exc:
+            log.warning("%s; /etc/virtdeb/virtdeb.conf keeps its value", exc.message)
+            continue
+        answers[key] = value
+    if answers:
+        Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
+    return Host(root=host.root)
 
 
 def rules_for_triggers(names: Sequence[str]) -> list[str]:
@@ -115,6 +141,7 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
         return 1
     action = args[0]
     if action == "configure":
+        host = save_answers(host)
         run_rules(host, CONFIGURE_RULES, "postinst configure")
     elif action == "triggered":
         wanted = rules_for_triggers(args[1:])

@@ -1,0 +1,101 @@
+"""The debconf answers of virtdeb, as ``section.key`` -> value of virtdeb.conf.
+
+The templates are in debian/templates; debian/config puts the values of
+/etc/virtdeb/virtdeb.conf into debconf before asking (the file is the truth),
+and ``virtdeb.maint`` writes these answers back into the file.
+
+Under a debconf frontend (a maintainer script that sourced confmodule, which
+sets ``DEBIAN_HAS_FRONTEND``) the protocol runs on stdin/stdout; elsewhere
+``debconf-communicate`` is used, which needs read access to debconf's database.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class _DB(Protocol):
+    def get(self, question: str) -> str: ...
+
+
+def _words(value: str) -> str:
+    """"a, b  c" (multiselect or a string list) -> "a b c"."""
+    return " ".join(value.replace(",", " ").split())
+
+
+def _yes_no(value: str) -> str:
+    return "yes" if value.strip() == "true" else "no"
+
+
+def _one_of(*allowed: str) -> Callable[[str], str]:
+    def convert(value: str) -> str:
+        value = value.strip()
+        if value not in allowed:
+            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+    return convert
+
+
+# debconf question -> (virtdeb.conf "section.key", conversion)
+QUESTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
+    "virtdeb/allow_edit": ("virtdeb.allow_edit", _words),
+    "virtdeb/access_users": ("access.users", _words),
+    "virtdeb/bridge_allow": ("bridge.allow", _words),
+    "virtdeb/xend_http_server": ("xend.http_server", _yes_no),
+    "virtdeb/network_autostart": ("network.autostart_default", _yes_no),
+    "virtdeb/cpu_on_microcode": ("cpu.on_microcode", _one_of("warn", "fix", "nothing")),
+}
+
+
+def _open() -> tuple[Any, Callable[[], None]]:
+    """A debconf connection and how to close it."""
+    import debconf  # python3-debconf
+
+    if "DEBIAN_HAS_FRONTEND" in os.environ:
+        # Debconf() moves sys.stdout to stderr: stdout is the protocol channel.
+        return debconf.Debconf(), lambda: None
+    stdout = sys.stdout
+    try:
+        comm = debconf.DebconfCommunicator("virtdeb")
+    finally:
+        sys.stdout = stdout
+    return comm, comm.shutdown
+
+
+def read_answers(db: _DB | None = None) -> dict[str, str]:
+    """The answers debconf has, as overrides for ``Config.parse``.
+
+    Questions debconf does not know (templates not loaded) or with a value
+    that cannot be used are left out; no debconf at all gives ``{}``.
+    """
+    close: Callable[[], None] = lambda: None  # noqa: E731
+    if db is None:
+        try:
+            db, close = _open()
+        except Exception as exc:  # noqa: BLE001 - no debconf: no answers
+            log.debug("debconf not available: %s", exc)
+            return {}
+    answers: dict[str, str] = {}
+    try:
+        for question, (key, convert) in QUESTIONS.items():
+            try:
+                raw = db.get(question)
+            except Exception as exc:  # noqa: BLE001 - DebconfError(10): unknown question
+                log.debug("debconf %s: %s", question, exc)
+                continue
+            try:
+                answers[key] = convert(raw)
+            except ValueError as exc:
+                log.warning("debconf %s: %s; ignored", question, exc)
+    finally:
+        try:
+            close()
+        except Exception:  # noqa: BLE001, S110 - closing a finished pipe
+            pass
+    return answers
