@@ -15,10 +15,12 @@ DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian
 .PHONY: all deps lint unit test check check-full demo bench clean
 all: check
 
+-include mk/*.mk
+
 .cache/deps.stamp:
 	mkdir -p .cache
 	$(APT_GET) update
-	$(APT_GET) install $(DEPS)
+	$(APT_GET) install $(DEPS) $(PKG_DEPS)
 	touch $@
 deps: .cache/deps.stamp
 
@@ -31,14 +33,15 @@ lint: deps $(LINTVENV)/bin/ruff
 	$(PY) -m mypy --strict --config-file setup.cfg virtdeb
 	for t in virtdeb/lenses/tests/test_*.aug; do augparse -I virtdeb/lenses "$$t" || exit 1; done
 
-unit: deps
-	$(PY) -m pytest -q -p no:cacheprovider tests
+# The bookworm image lets the apt tests run real apt in a throwaway chroot.
+unit: deps image
+	$(PY) -m pytest -q -p no:cacheprovider -ra tests
 
 test: lint unit
 
--include mk/*.mk
-
-check: test
+# Everything: lint and types, pytest (unit and integration), the package,
+# lintian, autopkgtest and piuparts.
+check: test package lintian autopkgtest piuparts
 check-full: check
 
 clean:
