@@ -56,6 +56,20 @@ def check_writable(real: Path, shown: str) -> None:
                               " not create files through it")
 
 
+def make_dirs(real: Path, mode: int = 0o755) -> None:
+    """Create ``real`` and its missing parents with exactly ``mode``, whatever the umask."""
+    missing = []
+    while not real.exists() and not real.is_symlink():
+        missing.append(real)
+        real = real.parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, mode)
+        except FileExistsError:
+            continue
+        os.chmod(directory, mode)  # mkdir's mode is masked by the umask
+
+
 def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -> None:
     """Replace ``real`` with ``data`` atomically; create parents (0755) as needed."""
     check_writable(real, shown)
@@ -64,7 +78,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
     except FileNotFoundError:
         old = None
     try:
-        real.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        make_dirs(real.parent)
         check_writable(real, shown)
         tmp = real.parent / f".{real.name}.virtdeb-new"
         try:

@@ -47,7 +47,8 @@ class Journal:
         data = json.dumps(entry.__dict__, indent=1, sort_keys=True).encode()
         shown = f"/var/lib/virtdeb/journal/{entry.id}.json"
         try:
-            self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+            fsio.make_dirs(self.dir.parent)
+            fsio.make_dirs(self.dir, 0o700)
         except OSError as exc:
             raise SystemCommandError(f"{shown}: cannot create its directory:"
                                      f" {exc.strerror}") from exc
