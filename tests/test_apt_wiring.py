@@ -39,7 +39,8 @@ RECORDER = """#!/bin/sh
 
 
 def _image() -> Path | None:
-    for candidate in (os.environ.get("VIRTDEB_IMAGE_DIR"), str(TOP / ".cache" / "bookworm-minbase")):
+    default = str(TOP / ".cache" / "bookworm-minbase")
+    for candidate in (os.environ.get("VIRTDEB_IMAGE_DIR"), default):
         if candidate and (Path(candidate) / "usr" / "bin" / "apt-get").exists():
             return Path(candidate)
     return None
