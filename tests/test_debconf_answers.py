@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+from pathlib import Path
+
 import pytest
 
 from virtdeb.debconf_answers import QUESTIONS, read_answers
@@ -58,3 +62,58 @@ def test_templates_match_questions() -> None:
     names = {line.split(":", 1)[1].strip() for line in templates.read_text().splitlines()
              if line.startswith("Template:")}
     assert names == set(QUESTIONS)
+
+
+# -- the real protocol: a debconf frontend, a script that sourced confmodule ---
+REAL_SCRIPT = """#!/bin/sh
+set -e
+. /usr/share/debconf/confmodule
+exec /usr/bin/python3 {reader} {out}
+"""
+READER = """import json, sys
+sys.path.insert(0, {top!r})
+from virtdeb.debconf_answers import read_answers
+answers = read_answers()
+with open(sys.argv[1], "w") as fh:
+    json.dump(answers, fh)
+"""
+
+
+def test_read_answers_through_a_real_debconf_frontend(tmp_path: Path) -> None:
+    """As the postinst runs it: confmodule sourced, then the Python entry exec'd.
+
+    A private debconf database (DEBCONF_SYSTEMRC) keeps the host's untouched.
+    """
+    if not Path("/usr/share/debconf/frontend").exists():
+        pytest.skip("needs debconf")
+    top = Path(__file__).resolve().parent.parent
+    templates = top / "debian" / "templates"
+    if not templates.exists():
+        pytest.skip("needs the source tree (debian/templates)")
+    rc = tmp_path / "debconf.conf"
+    rc.write_text(
+        "Config: configdb\nTemplates: templatedb\n\n"
+        f"Name: configdb\nDriver: File\nFilename: {tmp_path}/config.dat\n\n"
+        f"Name: templatedb\nDriver: File\nMode: 644\nFilename: {tmp_path}/templates.dat\n")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "DEBCONF_SYSTEMRC": str(rc),
+           "DEBIAN_FRONTEND": "noninteractive", "LC_ALL": "C.UTF-8"}
+    subprocess.run(["debconf-loadtemplate", "virtdeb", str(templates)], env=env, check=True)
+    subprocess.run(["debconf-set-selections"], env=env, check=True, text=True, input=(
+        "virtdeb virtdeb/bridge_allow string br0 virbr9\n"
+        "virtdeb virtdeb/cpu_on_microcode select fix\n"
+        "virtdeb virtdeb/allow_edit multiselect bridge.conf, qemu.conf\n"))
+    reader = tmp_path / "reader.py"
+    reader.write_text(READER.format(top=str(top)))
+    out = tmp_path / "answers.json"
+    script = tmp_path / "virtdeb.postinst"
+    script.write_text(REAL_SCRIPT.format(reader=reader, out=out))
+    script.chmod(0o755)
+    proc = subprocess.run(["/usr/share/debconf/frontend", str(script)], env=env,
+                          capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr
+    assert "VERSION" not in proc.stdout + proc.stderr  # the protocol stayed on its pipes
+    answers = json.loads(out.read_text())
+    assert answers["bridge.allow"] == "br0 virbr9"
+    assert answers["cpu.on_microcode"] == "fix"
+    assert answers["virtdeb.allow_edit"] == "bridge.conf qemu.conf"
+    assert answers["xend.http_server"] == "no"  # the template's default

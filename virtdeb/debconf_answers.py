@@ -5,7 +5,7 @@ The templates are in debian/templates; debian/config puts the values of
 and ``virtdeb.maint`` writes these answers back into the file.
 
 Under a debconf frontend (a maintainer script that sourced confmodule, which
-sets ``DEBIAN_HAS_FRONTEND``) the protocol runs on stdin/stdout; elsewhere
+sets ``DEBIAN_HAS_FRONTEND``) the protocol runs on stdin and fd 3; elsewhere
 ``debconf-communicate`` is used, which needs read access to debconf's database.
 """
 
@@ -58,7 +58,11 @@ def _open() -> tuple[Any, Callable[[], None]]:
     import debconf  # python3-debconf
 
     if "DEBIAN_HAS_FRONTEND" in os.environ:
-        # Debconf() moves sys.stdout to stderr: stdout is the protocol channel.
+        # A maintainer script that sourced confmodule moved the protocol's write
+        # side to fd 3 (DEBCONF_REDIR) and stdout to stderr; the replies still
+        # come on stdin.  Debconf() itself points sys.stdout at stderr.
+        if os.environ.get("DEBCONF_REDIR"):
+            return debconf.Debconf(write=os.fdopen(3, "w", closefd=False)), lambda: None
         return debconf.Debconf(), lambda: None
     stdout = sys.stdout
     try:
