@@ -84,6 +84,7 @@ class Editor:
         self.own = own
         self.before: bytes | None = None
         self._padded = False
+        self._touched = False  # only a tree something changed is rendered again
         self.change: FileChange | None = None
         Editor._serial += 1
         self._node = f"/virtdeb{Editor._serial}"
@@ -140,7 +141,7 @@ class Editor:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         try:
-            if exc_type is None:
+            if exc_type is None and self._touched:
                 self._render()
         finally:
             self._cleanup()
@@ -181,11 +182,14 @@ class Editor:
         return [p[len(self.tree) + 1:] for p in self.aug.match(self._abs(rel))]
 
     def set(self, rel: str, value: str | None) -> None:
+        self._touched = True
         self.aug.set(self._abs(rel), value)
 
     def remove(self, rel: str) -> int:
+        self._touched = True
         removed: int = self.aug.remove(self._abs(rel))
         return removed
 
     def insert(self, rel: str, label: str, before: bool = True) -> None:
+        self._touched = True
         self.aug.insert(self._abs(rel), label, before)

@@ -7,8 +7,10 @@ a Host.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtdeb.errors import LibvirtError, SystemCommandError, UnsafePathError
+from virtdeb.errors import LibvirtError, ParseError, SystemCommandError, UnsafePathError
 
 if TYPE_CHECKING:
     from virtdeb.config import Config
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
+DPKG_STATUS = "/var/lib/dpkg/status"
+_PACKAGE = re.compile(rb"^Package:[ \t]*(\S+)", re.M)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -45,6 +49,7 @@ class Host:
         self.root = Path(self.root).resolve()
         self._conn: Any = None
         self._conn_error: LibvirtError | None = None
+        self._packages: dict[str, dict[str, str]] = {}
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -94,24 +99,54 @@ class Host:
 
     # -- dpkg ----------------------------------------------------------------
     @cached_property
-    def _dpkg(self) -> dict[str, tuple[str, str]]:
-        """package name -> (status, version), read once with python-debian."""
-        from debian import deb822
+    def _dpkg_index(self) -> dict[str, tuple[int, bytes]]:
+        """package name -> (first line, raw paragraph) of dpkg's status file.
 
-        status = self.path("/var/lib/dpkg/status")
-        packages: dict[str, tuple[str, str]] = {}
-        if not status.exists():
-            return packages
-        with open(status, encoding="utf-8", errors="replace") as fh:
-            for para in deb822.Packages.iter_paragraphs(fh, use_apt_pkg=False):
-                name = para.get("Package")
-                if name:
-                    packages[name] = (para.get("Status", ""), para.get("Version", ""))
-        return packages
+        Splitting is cheap; a paragraph is parsed (with python-debian) only when
+        a rule asks about its package: a real status file has a thousand.
+        """
+        status = self.path(DPKG_STATUS)
+        try:
+            data = status.read_bytes()
+        except FileNotFoundError:
+            return {}
+        except OSError as exc:
+            raise SystemCommandError(f"{DPKG_STATUS}: cannot read: {exc.strerror}") from exc
+        index: dict[str, tuple[int, bytes]] = {}
+        line = 1
+        for para in data.split(b"\n\n"):
+            match = _PACKAGE.search(para)
+            if match:
+                index.setdefault(match.group(1).decode("utf-8", "replace"), (line, para))
+            line += para.count(b"\n") + 2
+        return index
+
+    def _package(self, package: str) -> dict[str, str]:
+        """The fields of ``package``'s paragraph in dpkg's status file ({} if none)."""
+        if package in self._packages:
+            return self._packages[package]
+        from debian.debian_support import PackageFile
+        from debian.debian_support import ParseError as DebParseError
+
+        fields: dict[str, str] = {}
+        found = self._dpkg_index.get(package)
+        if found is not None:
+            first, para = found
+            body = para.lstrip(b"\n")
+            first += len(para) - len(body)
+            try:
+                for pkg in PackageFile(DPKG_STATUS, io.BytesIO(body + b"\n")):
+                    fields.update(pkg)
+            except (DebParseError, UnicodeDecodeError) as exc:
+                line = first + getattr(exc, "lineno", 1) - 1
+                raise ParseError(DPKG_STATUS, line, None, "not a dpkg status paragraph",
+                                 "dpkg's database looks damaged: see dpkg --audit") from exc
+        self._packages[package] = fields
+        return fields
 
     def installed(self, package: str) -> bool:
         """Whether dpkg has ``package`` installed (unpacked and configured counts)."""
-        status = self._dpkg.get(package, ("", ""))[0].split()
+        status = self._package(package).get("Status", "").split()
         return len(status) == 3 and status[2] in ("installed", "triggers-pending",
                                                    "triggers-awaited", "half-configured",
                                                    "unpacked")
@@ -120,7 +155,7 @@ class Host:
         """The installed version of ``package``, or None."""
         if not self.installed(package):
             return None
-        return self._dpkg[package][1]
+        return self._package(package).get("Version")
 
     # -- commands ------------------------------------------------------------
     def run(self, argv: Sequence[str], *, check: bool = True,
