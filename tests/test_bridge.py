@@ -242,7 +242,8 @@ def test_filesystem_without_xattrs(tmp_path: Path) -> None:
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", sys.executable,
                            str(script), str(root), repo], capture_output=True, text=True,
                           env={"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8"}, check=False)
-    if proc.returncode != 0 and "unshare failed" in proc.stderr:
+    # inside a container (autopkgtest's unshare runner) no private mount namespace
+    if proc.returncode != 0 and proc.stderr.startswith("unshare:"):
         pytest.skip(f"no mount namespace: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
