@@ -31,6 +31,10 @@ the daemon's qemu.conf). ``run_in_ns(cmd)`` runs in the network namespace only (
 files); ``run_in_ns(cmd, mounts=True)`` enters libvirtd's mount namespace too (nsenter),
 so the command sees the private /etc/libvirt, /run, /var/lib/libvirt.
 
+``before_start(scratch)`` (optional) runs once the scratch directory is laid out and
+before the daemons start: e.g. to write SCRATCH/etc/libvirt/libvirtd.conf, or to start a
+private D-Bus at SCRATCH/run/dbus/system_bus_socket (tests/test_acl_libvirtd.py).
+
 Two deviations from the host, both inside the private mount namespace only:
 - /dev/kvm is 0600 root:root here (no udev): the qemu user (libvirt-qemu, group kvm)
   cannot open it, libvirt then decides KVM is "not available now" and re-probes qemu on
@@ -89,7 +93,7 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -338,7 +342,9 @@ class PrivateLibvirtd:
         daemon_env: dict[str, str] | None = None,
         kvm_group_access: bool = True,
         reap_wait: float = 5.0,
+        before_start: Callable[[Path], None] | None = None,
     ) -> None:
+        self.before_start = before_start
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.daemon_env = dict(daemon_env or {})
@@ -380,6 +386,8 @@ class PrivateLibvirtd:
         try:
             sweep_stale(self.base_dir)
             self._prepare_scratch()
+            if self.before_start is not None:
+                self.before_start(self.scratch)
             self._create_netns()
             self._spawn()
             self._wait_ready()

@@ -3,24 +3,17 @@ polkitd (bookworm's 122) on a private dbus-daemon, asked with the real ``pkcheck
 
 from __future__ import annotations
 
-import contextlib
-import os
 import shutil
-import signal
-import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.golden import snapshot
+from tests.polkit_env import Polkit, private_polkit, skip_reason
 from virtdeb.acl import RULES_FILE, parse, render
 from virtdeb.cli import main
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-POLKITD = "/usr/lib/polkit-1/polkitd"
 HOSTILE = ['we"b', "a\\b", "</x>'); polkit.x=1; //", "ünï", "a\u2028b", "x" * 200]
 
 
@@ -101,116 +94,13 @@ def test_foreign_rules_file_is_not_overwritten(tmp_path: Path) -> None:
 
 
 # -- a real polkitd --------------------------------------------------------------
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>system</type>
-  <listen>unix:path={socket}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/><allow own="*"/><allow send_destination="*"/>
-    <allow receive_sender="*"/>
-  </policy>
-</busconfig>
-"""
-
-
-class Polkit:
-    """dbus-daemon on a private socket; polkitd in a private mount namespace where
-    /etc/polkit-1/rules.d is SCRATCH/rules and /etc/group is SCRATCH/group."""
-
-    def __init__(self, scratch: Path) -> None:
-        self.scratch = scratch
-        self.env = {"PATH": PATH, "DBUS_SYSTEM_BUS_ADDRESS": f"unix:path={scratch}/bus"}
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def start(self, rules: bytes, libvirt_members: list[str]) -> None:
-        s = self.scratch
-        os.chmod(s, 0o755)  # polkitd drops to user polkitd and must reach the socket
-        (s / "rules").mkdir()
-        (s / "rules/60-virtdeb.rules").write_bytes(rules)
-        lines = [line for line in Path("/etc/group").read_text().splitlines()
-                 if not line.startswith("libvirt:")]
-        (s / "group").write_text("\n".join(lines + [f"libvirt:x:4242:{','.join(libvirt_members)}"])
-                                 + "\n")
-        os.chmod(s / "group", 0o644)
-        (s / "bus.conf").write_text(BUS_CONF.format(socket=s / "bus"))
-        self._spawn(["dbus-daemon", f"--config-file={s}/bus.conf", "--nofork", "--nopidfile"])
-        self._wait(lambda: (s / "bus").is_socket(), "dbus-daemon socket")
-        script = (f"mount --bind {s}/rules /etc/polkit-1/rules.d && "
-                  f"mount --bind {s}/group /etc/group && exec {POLKITD}")
-        self._spawn(["unshare", "-m", "--propagation", "private", "sh", "-c", script],
-                    log=s / "polkitd.log")
-        self._wait(lambda: b"Acquired the name" in (s / "polkitd.log").read_bytes(), "polkitd")
-
-    def _spawn(self, argv: list[str], log: Path | None = None) -> None:
-        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115
-        self.procs.append(subprocess.Popen(argv, env=self.env, stdout=out,
-                                           stderr=subprocess.STDOUT, start_new_session=True))
-
-    def _wait(self, ready: object, what: str) -> None:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                if ready():  # type: ignore[operator]
-                    return
-            if any(p.poll() is not None for p in self.procs):
-                break
-            time.sleep(0.05)
-        raise RuntimeError(f"{what} did not come up: {self.log()}")
-
-    def log(self) -> str:
-        with contextlib.suppress(OSError):
-            return (self.scratch / "polkitd.log").read_text()
-        return ""
-
-    def allowed(self, user: str, action: str, domain: str | None = None) -> bool:
-        """pkcheck for a process running as USER (a host user: polkitd resolves it)."""
-        subject = subprocess.Popen(["setpriv", f"--reuid={user}", f"--regid={user}",
-                                    "--clear-groups", "sleep", "30"], env=self.env)
-        try:
-            time.sleep(0.05)
-            detail = ["--detail", "domain_name", domain] if domain is not None else []
-            proc = subprocess.run(["pkcheck", "--action-id", action, "--process",
-                                   str(subject.pid), *detail], env=self.env,
-                                  capture_output=True, text=True, check=False)
-        finally:
-            subject.kill()
-            subject.wait()
-        assert proc.returncode in (0, 1, 2), proc.stderr + self.log()  # 2: needs a password
-        return proc.returncode == 0
-
-    def stop(self) -> None:
-        for proc in reversed(self.procs):
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-
-
 @pytest.fixture
 def polkit() -> Iterator[Polkit]:
-    if os.geteuid() != 0:
-        pytest.skip("polkitd in a private mount namespace needs root")
-    for tool in ("dbus-daemon", "pkcheck", "setpriv", "unshare"):
-        if shutil.which(tool, path=PATH) is None:
-            pytest.skip(f"{tool} not installed")
-    if not Path(POLKITD).exists():
-        pytest.skip("polkitd not installed")
-    for user in ("daemon", "bin", "sys"):
-        subprocess.run(["id", user], check=True, capture_output=True, env={"PATH": PATH})
-    # Not under tmp_path: pytest's base directory is 0700 and polkitd runs as polkitd.
-    scratch = Path(tempfile.mkdtemp(prefix="vdtest-polkit-"))
-    pk = Polkit(scratch)
-    try:
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with private_polkit() as pk:
         yield pk
-    finally:
-        pk.stop()
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @pytest.mark.integration

@@ -5,7 +5,7 @@
     virtdeb acl revoke USER
     virtdeb acl show
 
-virtdeb writes a polkit rules file it owns, /etc/polkit-1/rules.d/60-virtdeb.rules,
+virtdeb writes a polkit rules file it owns, /etc/polkit-1/rules.d/50-virtdeb.rules,
 for libvirt's polkit access driver (libvirt's "acl-polkit" docs: actions
 ``org.libvirt.api.OBJECT.PERMISSION`` with details such as ``domain_name``).
 libvirtd asks polkit per API call only with ``access_drivers = [ "polkit" ]``
@@ -36,7 +36,10 @@ from virtdeb.host import Host
 from virtdeb.rules.access import checked_users
 from virtdeb.system import groups
 
-RULES_FILE = "/etc/polkit-1/rules.d/60-virtdeb.rules"
+# 50-: before libvirt's own /usr/share/polkit-1/rules.d/60-libvirt.rules, so that a
+# grant decides for its user (a read-only user gets no read-write connection even in
+# group libvirt); users without a grant fall through to libvirt's rules.
+RULES_FILE = "/etc/polkit-1/rules.d/50-virtdeb.rules"
 LIBVIRTD_CONF = "/etc/libvirt/libvirtd.conf"
 GRANTS_LINE = re.compile(r"^    var grants = (.*);$", re.MULTILINE)
 MAX_DOMAIN_NAME = 1024
