@@ -162,3 +162,15 @@ def test_replace_cpu_touches_only_the_cpu_element() -> None:
         "    <feature policy='disable' name='hle'/>\n    <feature policy='disable' name='rtm'/>\n")
     assert cpucheck.without_cpu(new) == cpucheck.without_cpu(DOM)
     assert "<cpu" not in cpucheck.without_cpu(DOM) and "<vcpu" not in DOM
+
+
+def test_configure_records_the_baseline_once(root: Path) -> None:
+    """postinst configure leaves a baseline, so the boot unit notices a CPU change that
+    came without a microcode package; a later configure keeps the first one."""
+    assert maint.main(["configure", ""], root=str(root)) == 0
+    first = state(root, cpucheck.BASELINE).read_bytes()
+    assert json.loads(first)["cpuinfo_flags"] == ["avx2", "fpu", "hle", "rtm", "sse2", "vme"]
+    (root / "proc/cpuinfo").write_text(CPUINFO.replace(" hle", ""))
+    assert maint.main(["configure", "0.1.0"], root=str(root)) == 0
+    assert state(root, cpucheck.BASELINE).read_bytes() == first
+    assert not state(root, cpucheck.MARKER).exists()

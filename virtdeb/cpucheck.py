@@ -804,6 +804,13 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
     return result
 
 
+def ensure_baseline(host: Host) -> None:
+    """Record the host CPU's features once (postinst configure), so that the boot unit
+    notices a change that came without a microcode package (BIOS update, new host)."""
+    if read_json(host, BASELINE) is None:
+        _write_json(host, BASELINE, {"time": _now(), **features_now(host)})
+
+
 def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
     """A microcode package changed: baseline, marker for the next boot, and a check now."""
     _write_json(host, BASELINE, {"time": _now(), **features_now(host)})

@@ -11,6 +11,7 @@ cannot work (its own configuration file is unreadable).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -81,10 +82,13 @@ def save_answers(host: Host) -> Host:
     """Write the debconf answers into virtdeb.conf; the Host to go on with.
 
     An answer that is not valid is reported and left out; the file keeps its value.
+    Only under debconf (the postinst sourced confmodule): run by hand, the file rules.
     """
     from virtdeb.config import check_setting, save_changes
     from virtdeb.debconf_answers import read_answers
 
+    if "DEBIAN_HAS_FRONTEND" not in os.environ:
+        return host
     answers = {}
     for key, value in read_answers().items():
         try:
@@ -117,6 +121,16 @@ def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
         log.warning("cpu: %s", exc.message)
 
 
+def cpu_baseline(host: Host) -> None:
+    """The CPU features the boot unit compares with (rule cpu), recorded once."""
+    from virtdeb import cpucheck
+
+    try:
+        cpucheck.ensure_baseline(host)
+    except VirtdebError as exc:
+        log.warning("cpu: %s", exc.message)
+
+
 def boot(host: Host) -> None:
     """The boot unit: check the domains' CPUs after a microcode update (rule cpu)."""
     from virtdeb import cpucheck
@@ -143,6 +157,7 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     if action == "configure":
         host = save_answers(host)
         run_rules(host, CONFIGURE_RULES, "postinst configure")
+        cpu_baseline(host)
     elif action == "triggered":
         wanted = rules_for_triggers(args[1:])
         run_rules(host, wanted, "postinst triggered")
