@@ -9,9 +9,6 @@ itself by its ``kind`` name so that revert finds it again.
 
 from __future__ import annotations
 
-import base64
-import difflib
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -68,15 +65,23 @@ class Change(ABC):
         """Restore the state in ``record``; return a one-line description."""
 
 
+# base64, difflib and hashlib are imported where used: doctor, which only
+# reads, does not pay for them at start-up.
 def _b64(data: bytes | None) -> str | None:
+    import base64
+
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
 def _unb64(text: str | None) -> bytes | None:
+    import base64
+
     return None if text is None else base64.b64decode(text)
 
 
 def _sha(data: bytes | None) -> str | None:
+    import hashlib
+
     return None if data is None else hashlib.sha256(data).hexdigest()
 
 
@@ -94,6 +99,8 @@ class FileChange(Change):
     note: str = field(default="", compare=False)
 
     def diff(self) -> str:
+        import difflib
+
         def lines(data: bytes | None) -> list[str]:
             return [] if data is None else data.decode("utf-8", "replace").splitlines(True)
 

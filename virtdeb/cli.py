@@ -12,19 +12,25 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from virtdeb import __version__, report
 from virtdeb.changes import Change
 from virtdeb.errors import UsageError, VirtdebError
 from virtdeb.host import DEFAULT_URI, Host
-from virtdeb.journal import Entry, Journal
-from virtdeb.rules import Status, load_all, select
+from virtdeb.rules import ORDER, Status, select
+
+if TYPE_CHECKING:
+    from virtdeb.journal import Entry
 
 log = logging.getLogger("virtdeb")
 
 # Modules that add subcommands: each has add_parser(subparsers) -> None and sets
 # the parser's ``func`` default to a handler (args) -> int.
 EXTRA_COMMANDS: list[str] = ["virtdeb.acl", "virtdeb.debugcmd", "virtdeb.cpucheck"]
+# The subcommands defined here; for these the modules above are not imported
+# (they cost start-up time that doctor, run by scripts, should not pay).
+OWN_COMMANDS = ("doctor", "apply", "revert")
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -68,6 +74,8 @@ def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_r
     The one way every subcommand makes changes.  ``unchanged`` is printed when
     there is nothing to do.
     """
+    from virtdeb.journal import Journal  # here: doctor does not need it
+
     if not changes:
         print(f"nothing to change: {unchanged}")
         return None
@@ -93,6 +101,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_revert(args: argparse.Namespace) -> int:
+    from virtdeb.journal import Journal
+
     host = host_from(args)
     journal = Journal(host)
     if args.list:
@@ -109,13 +119,14 @@ def cmd_revert(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
+    """The parser; ``extra=False`` leaves out the subcommands of EXTRA_COMMANDS."""
     parser = argparse.ArgumentParser(
         prog="virtdeb", description="Set up a libvirt host the way README.Debian asks.")
     parser.add_argument("--version", action="version", version=f"virtdeb {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what is done")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    rules_help = f"rules to run (default all: {', '.join(load_all())})"
+    rules_help = f"rules to run (default all: {', '.join(ORDER)})"
 
     p = sub.add_parser("doctor", help="check the host, change nothing")
     add_host_options(p)
@@ -137,15 +148,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
     p.set_defaults(func=cmd_revert)
 
-    for module in EXTRA_COMMANDS:
+    for module in EXTRA_COMMANDS if extra else ():
         importlib.import_module(module).add_parser(sub)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand ``argv`` names: its first word that is not an option.
+
+    (virtdeb's own options, before the subcommand, take no value.)
+    """
+    return next((a for a in argv if not a.startswith("-")), None)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(extra=_command(argv) not in OWN_COMMANDS)
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import TextIO
 
@@ -31,6 +30,8 @@ def findings_text(findings: Sequence[Finding], stream: TextIO, *, quiet: bool = 
 
 
 def findings_json(findings: Sequence[Finding], stream: TextIO) -> None:
+    import json  # here: doctor's text output does not pay for it
+
     data = [{"rule": f.rule, "status": f.status.value, "message": f.message, "hint": f.hint}
             for f in findings]
     json.dump(data, stream, indent=1)

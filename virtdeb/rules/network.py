@@ -35,10 +35,8 @@ with ``virtdeb apply network --set network.recreate_default=yes``.  With
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 import re
-import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -335,6 +333,8 @@ def _state(host: Host) -> tuple[bytes | None, dict[str, Any] | None]:
     data = fsio.read_bytes(host.path(STATE), STATE)
     if data is None:
         return None, None
+    import json  # here, as uuid in _define: doctor rarely needs them
+
     try:
         value = json.loads(data)
     except ValueError:
@@ -343,6 +343,8 @@ def _state(host: Host) -> tuple[bytes | None, dict[str, Any] | None]:
 
 
 def _state_bytes(defined_by_virtdeb: bool) -> bytes:
+    import json
+
     body = {"network": NAME, "defined_by_virtdeb": defined_by_virtdeb}
     return (json.dumps(body, sort_keys=True) + "\n").encode()
 
@@ -421,6 +423,8 @@ class Network(Rule):
         return changes
 
     def _define(self) -> NetworkChange:
+        import uuid  # here: doctor never needs it
+
         template = read_template(self.host)
         preferred = xml_subnet(template) or FIRST
         used = sysnet.used_networks(self.host, other_subnets(self.host, NAME))

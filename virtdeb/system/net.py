@@ -8,7 +8,6 @@ so that a test can point virtdeb at a private namespace.
 from __future__ import annotations
 
 import ipaddress
-import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -50,6 +49,8 @@ def _ip_json(host: Host, args: list[str]) -> list[dict[str, Any]]:
         argv += ["-n", host.netns]
     argv += ["-j", "-4", *args]
     proc = host.run(argv)
+    import json  # here: importing this module (for doctor) does not pay for it
+
     try:
         data = json.loads(proc.stdout or "[]")
     except ValueError as exc:

@@ -1,0 +1,65 @@
+"""Start-up cost of `virtdeb doctor`: it imports only what the rules asked for need.
+
+bench/doctor.py measures the time; these tests keep the imports from creeping
+back (each costs milliseconds of every doctor run) and check that every
+subcommand is still there.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.faultlib import CLEAN_ENV, PY, TOP, URI, build_root
+from virtdeb import cli
+from virtdeb.errors import UsageError
+from virtdeb.rules import select
+
+# Imported by `virtdeb doctor xend` before this work, needed by none of its steps.
+NOT_FOR_DOCTOR = ("virtdeb.acl", "virtdeb.debugcmd", "virtdeb.cpucheck", "virtdeb.journal",
+                  "virtdeb.rules.cpu", "virtdeb.rules.network", "difflib", "uuid")
+
+PROBE = """
+import json, sys
+from virtdeb.cli import main
+code = main(sys.argv[1:])
+json.dump({"code": code, "modules": sorted(sys.modules)}, sys.stderr)
+"""
+
+
+def _doctor_modules(root: Path, *rules: str) -> tuple[int, set[str]]:
+    proc = subprocess.run([PY, "-c", PROBE, "doctor", "--root", str(root), "-c", URI, *rules],
+                          cwd=TOP, env={**CLEAN_ENV, "PYTHONPATH": str(TOP)},
+                          capture_output=True, text=True, check=False, timeout=60)
+    result = json.loads(proc.stderr.splitlines()[-1])
+    return result["code"], set(result["modules"])
+
+
+def test_doctor_imports_only_what_its_rules_need(tmp_path: Path) -> None:
+    code, modules = _doctor_modules(build_root(tmp_path / "root"), "xend")
+    assert code in (0, 1)
+    assert "virtdeb.rules.xend" in modules
+    assert [m for m in NOT_FOR_DOCTOR if m in modules] == []
+
+
+def test_doctor_without_rules_still_runs_every_rule(tmp_path: Path) -> None:
+    code, modules = _doctor_modules(build_root(tmp_path / "root"))
+    assert code in (0, 1)
+    assert {"virtdeb.rules.cpu", "virtdeb.rules.network"} <= modules
+
+
+@pytest.mark.parametrize("command", ["acl", "debug", "cpu-check"])
+def test_every_subcommand_is_still_offered(command: str,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["--help"]) == 0
+    assert command in capsys.readouterr().out
+    assert cli.main([command, "--help"]) == 0
+    assert f"usage: virtdeb {command}" in capsys.readouterr().out
+
+
+def test_unknown_rule_names_the_known_ones() -> None:
+    with pytest.raises(UsageError, match="known rules: xend, debug, network"):
+        select(["nosuchrule"])
