@@ -66,14 +66,14 @@ class Change(ABC):
 
 
 # base64, difflib and hashlib are imported where used: doctor, which only
-# reads, does not pay for them at start-up.
-def _b64(data: bytes | None) -> str | None:
+# reads, does not pay for them at start-up.  b64/unb64 keep bytes in a journal record.
+def b64(data: bytes | None) -> str | None:
     import base64
 
     return None if data is None else base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str | None) -> bytes | None:
+def unb64(text: str | None) -> bytes | None:
     import base64
 
     return None if text is None else base64.b64decode(text)
@@ -122,7 +122,7 @@ class FileChange(Change):
                                 " run the command again")
 
     def record(self, host: Host) -> Record:
-        return {"kind": self.kind, "target": self.target, "before": _b64(self.before),
+        return {"kind": self.kind, "target": self.target, "before": b64(self.before),
                 "after_sha256": _sha(self.after)}
 
     def apply(self, host: Host) -> None:
@@ -135,7 +135,7 @@ class FileChange(Change):
     @classmethod
     def undo(cls, host: Host, record: Record) -> str:
         target = record["target"]
-        before = _unb64(record["before"])
+        before = unb64(record["before"])
         real = host.check_parent(target)
         now = fsio.read_bytes(real, target)
         if now == before:

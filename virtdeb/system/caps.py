@@ -18,7 +18,6 @@ so that dpkg keeps the mode across upgrades.
 
 from __future__ import annotations
 
-import base64
 import errno
 import os
 import stat
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from virtdeb.changes import Change, ConflictError, Record
+from virtdeb.changes import Change, ConflictError, Record, b64, unb64
 from virtdeb.errors import SystemCommandError
 from virtdeb.host import Host
 
@@ -130,14 +129,6 @@ def getcap(host: Host, path: str) -> str:
     return out[len(str(real)):].strip() if out.startswith(str(real)) else out
 
 
-def _b64(data: bytes | None) -> str | None:
-    return None if data is None else base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes | None:
-    return None if text is None else base64.b64decode(text)
-
-
 def _regular(host: Host, path: str) -> Path:
     real = host.path(path)
     try:
@@ -171,8 +162,8 @@ class CapabilityChange(Change):
                                 " planning; run the command again")
 
     def record(self, host: Host) -> Record:
-        return {"kind": self.kind, "target": self.target, "before": _b64(self.before),
-                "after": _b64(self.after)}
+        return {"kind": self.kind, "target": self.target, "before": b64(self.before),
+                "after": b64(self.after)}
 
     def apply(self, host: Host) -> None:
         write(_regular(host, self.target), self.target, self.after)
@@ -180,7 +171,7 @@ class CapabilityChange(Change):
     @classmethod
     def undo(cls, host: Host, record: Record) -> str:
         target = record["target"]
-        before, after = _unb64(record["before"]), _unb64(record["after"])
+        before, after = unb64(record["before"]), unb64(record["after"])
         real = host.path(target)
         if not real.is_file():
             return f"{target}: gone; nothing to restore"
