@@ -10,12 +10,14 @@ cannot work (its own configuration file is unreadable).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from virtdeb import cpucheck
 from virtdeb.changes import Change, FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
@@ -111,34 +113,13 @@ def rules_for_triggers(names: Sequence[str]) -> list[str]:
     return wanted
 
 
-def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
-    """A microcode package changed (rule cpu): baseline, marker, a check now."""
-    from virtdeb import cpucheck
-
+@contextlib.contextmanager
+def reported(rule: str) -> Iterator[None]:
+    """A VirtdebError inside is logged as a warning of ``rule``, never raised."""
     try:
-        cpucheck.microcode_triggered(host, " ".join(triggers).split())
+        yield
     except VirtdebError as exc:
-        log.warning("cpu: %s", exc.message)
-
-
-def cpu_baseline(host: Host) -> None:
-    """The CPU features the boot unit compares with (rule cpu), recorded once."""
-    from virtdeb import cpucheck
-
-    try:
-        cpucheck.ensure_baseline(host)
-    except VirtdebError as exc:
-        log.warning("cpu: %s", exc.message)
-
-
-def boot(host: Host) -> None:
-    """The boot unit: check the domains' CPUs after a microcode update (rule cpu)."""
-    from virtdeb import cpucheck
-
-    try:
-        cpucheck.boot(host)
-    except VirtdebError as exc:
-        log.warning("cpu: %s", exc.message)
+        log.warning("%s: %s", rule, exc.message)
 
 
 def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
@@ -157,14 +138,17 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     if action == "configure":
         host = save_answers(host)
         run_rules(host, CONFIGURE_RULES, "postinst configure")
-        cpu_baseline(host)
+        with reported("cpu"):  # the baseline the boot unit compares with, recorded once
+            cpucheck.ensure_baseline(host)
     elif action == "triggered":
         wanted = rules_for_triggers(args[1:])
         run_rules(host, wanted, "postinst triggered")
-        if "cpu" in wanted:
-            microcode_triggered(host, args[1:])
-    elif action == "boot":
-        boot(host)
+        if "cpu" in wanted:  # baseline, marker for the next boot, a check now
+            with reported("cpu"):
+                cpucheck.microcode_triggered(host, " ".join(args[1:]).split())
+    elif action == "boot":  # the boot unit: check the domains' CPUs if something changed
+        with reported("cpu"):
+            cpucheck.boot(host)
     else:
         print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
         return 2
