@@ -21,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from virtdeb import fsio
 from virtdeb.changes import Change
 from virtdeb.edit import Editor
 from virtdeb.errors import ParseError, UsageError
@@ -160,12 +161,7 @@ class Config:
             return cls.parse("", shown, overrides)
         except OSError as exc:
             raise UsageError(f"{shown}: cannot read: {exc.strerror}") from exc
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise ParseError(shown, line, None, "not UTF-8 text") from exc
-        return cls.parse(text, shown, overrides)
+        return cls.parse(fsio.decode_utf8(data, shown), shown, overrides)
 
     def get(self, section: str, key: str) -> str:
         return self.values[(section, key)]

@@ -128,11 +128,7 @@ class Editor:
         return self
 
     def _decode(self, data: bytes) -> str:
-        try:
-            text = data.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            line = data[: exc.start].count(b"\n") + 1
-            raise ParseError(self.path, line, None, "not UTF-8 text") from exc
+        text = fsio.decode_utf8(data, self.path)
         if "\0" in text:
             line = text[: text.index("\0")].count("\n") + 1
             raise ParseError(self.path, line, None, "contains a NUL byte")

@@ -13,7 +13,7 @@ import os
 import stat
 from pathlib import Path
 
-from virtdeb.errors import SystemCommandError, UnsafePathError
+from virtdeb.errors import ParseError, SystemCommandError, UnsafePathError
 
 NEW_FILE_MODE = 0o644
 
@@ -39,6 +39,15 @@ def read_bytes(real: Path, shown: str) -> bytes | None:
             return fh.read()
     except OSError as exc:
         raise SystemCommandError(f"{shown}: cannot read: {exc.strerror}") from exc
+
+
+def decode_utf8(data: bytes, shown: str) -> str:
+    """``data`` as text, or a ParseError naming the line of the first bad byte."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise ParseError(shown, line, None, "not UTF-8 text") from exc
 
 
 def check_writable(real: Path, shown: str) -> None:
