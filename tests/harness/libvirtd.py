@@ -64,7 +64,7 @@ libvirtd is never touched. Safety nets: a ``weakref.finalize`` (runs at interpre
 exit), and at every start a sweep of ``vdtest-<pid>-*`` namespaces and scratch
 directories whose owner pid is dead (a SIGKILLed pytest).
 
-Fixtures (load with ``pytest_plugins = ["tests.libvirtd"]``); every test that uses
+Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
 - ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
   root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
@@ -112,7 +112,7 @@ VETH = ("vdA", "vdB")
 # kept here between daemons and runs (libvirt itself invalidates a stale entry: it checks
 # the qemu and libvirtd ctimes, kernel, microcode). Set the variable to "" to disable.
 CAPS_CACHE_ENV = "VIRTDEB_TEST_QEMU_CAPS"
-CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[1] / ".cache/qemu-capabilities")
+CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[2] / ".cache/qemu-capabilities")
 
 
 class PrivateLibvirtdError(RuntimeError):
