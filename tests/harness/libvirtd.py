@@ -567,7 +567,7 @@ class PrivateLibvirtd:
             pid = self.pid
             if pid is None:
                 raise PrivateLibvirtdError("libvirtd is not running")
-            prefix = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
+            prefix = ["nsenter", "-t", str(pid), "-m", "-n", "-r", "-w", "--"]  # -r -w: its chroot
         else:
             prefix = ["ip", "netns", "exec", self.netns]
         return subprocess.run(
