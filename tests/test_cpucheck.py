@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from virtdeb import cli, cpucheck
+from virtdeb import cli
+from virtdeb.cpu import STRATEGIES, microcode
 from virtdeb.host import Host
 from virtdeb.rules import Status
 from virtdeb.rules.cpu import Cpu
@@ -171,7 +172,7 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
     assert cli.main(["cpu-check", "--connect", libvirtd.uri, "--domain", "nosuch"]) == 2
 
 
-@pytest.mark.parametrize("strategy", cpucheck.STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_fix_makes_compare_pass_and_revert_restores_bytes(
         strategy: str, libvirtd: Any, libvirt_conn: Any, domains: dict[str, Any],
         missing: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -268,14 +269,14 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     (tmp_path / "etc/virtdeb").mkdir(parents=True)
     (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
     host = Host(root=tmp_path, uri=libvirtd.uri)
-    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
-    marker = tmp_path / cpucheck.MARKER.lstrip("/")
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    marker = tmp_path / microcode.MARKER.lstrip("/")
     assert marker.exists()
-    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert report["broken"] == 3 and report["fixed"] == []  # trigger time: report only
-    assert cpucheck.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
+    assert microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
     assert not marker.exists()
-    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert sorted(report["fixed"]) == ["intel", "tsx", "tsx-twin"]
     conn = libvirtd.connect()
     try:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from virtdeb.changes import ConflictError
+from virtdeb.effects import ConflictError
+from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status
@@ -96,7 +97,7 @@ def test_revert_restores_manual_value(tmp_path: Path) -> None:
     ua(root, "--set", "nc", "/bin/nc.traditional")
     manual = alternatives.query(h, "nc")
     assert manual is not None
-    change = alternatives.AlternativeChange("ssh", "nc", manual, "/bin/nc.openbsd")
+    change = AlternativeChange("ssh", "nc", manual, "/bin/nc.openbsd")
     Journal(h).apply([change], "test")
     assert link(root) == "/bin/nc.openbsd"
     Journal(h).revert()

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import FileChange
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError
 from virtdeb.host import Host
 

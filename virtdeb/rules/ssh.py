@@ -11,7 +11,8 @@ so nc matters only for older peers.  An ``nc`` the administrator set by hand
 
 from __future__ import annotations
 
-from virtdeb.changes import Change
+from virtdeb.effects import Change
+from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import alternatives
 from virtdeb.system import dpkg as sysdpkg
@@ -73,6 +74,6 @@ class Ssh(Rule):
         if state is None or NC not in state.choices or state.value == NC \
                 or state.status == "manual":
             return []
-        return [alternatives.AlternativeChange(
+        return [AlternativeChange(
             self.name, "nc", state, NC,
             note="for qemu+ssh:// clients older than libvirt 6.8 (README.Debian)")]

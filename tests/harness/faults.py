@@ -17,7 +17,7 @@ The fault injector is one audit hook (``sys.addaudithook``) plus a wrapper of
 ``os.fsync``: every file-system step under the root (open, mkdir, chmod, chown,
 rename, remove, fsync) is counted, and at step N it raises or SIGKILLs the
 process.  It injects faults; it does not replace the code under test.
-``python3 -m tests.faultlib kill N ROOT`` is the child of the SIGKILL suite.
+``python3 -m tests.harness.faults kill N ROOT`` is the child of the SIGKILL suite.
 """
 
 from __future__ import annotations
@@ -36,13 +36,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 from tests.golden import snapshot  # noqa: E402
-from virtdeb.changes import FileChange  # noqa: E402
 from virtdeb.config import FOREIGN_FILES, SCHEMA  # noqa: E402
+from virtdeb.effects.file import FileChange  # noqa: E402
 from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
 from virtdeb.host import Host  # noqa: E402
 from virtdeb.journal import Journal  # noqa: E402
@@ -436,7 +436,7 @@ def after_state(src: Path) -> Snap:
 
 
 def run_child(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "tests.faultlib", *args], cwd=TOP, env=CLEAN_ENV,
+    return subprocess.run([PY, "-m", "tests.harness.faults", *args], cwd=TOP, env=CLEAN_ENV,
                           capture_output=True, text=True, check=False, timeout=120)
 
 

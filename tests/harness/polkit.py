@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
-from virtdeb.acl import RULES_FILE
+from virtdeb.commands.acl import RULES_FILE
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLKITD = "/usr/lib/polkit-1/polkitd"
