@@ -1,0 +1,1 @@
+"""The CPU-model engine: domain CPU XML, comparison, fixes, fleet baselines, microcode."""
