@@ -34,7 +34,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
                    help="only these domains (default: every defined domain)")
     p.add_argument("--timeout", type=float, default=baseline.DEFAULT_TIMEOUT, metavar="S",
-                   help=f"seconds to wait for the hosts (default {baseline.DEFAULT_TIMEOUT:g})")
+                   help="seconds to wait for a host, in each of the two rounds of questions"
+                        f" (default {baseline.DEFAULT_TIMEOUT:g})")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="the saved baseline lives under DIR (default /)")
     p.set_defaults(func=cmd_cpu_baseline)

@@ -1,6 +1,7 @@
 """A fleet's CPU: what every host can give, and which guests can move where.
 
-For many libvirt hosts (URIs), in parallel, with a per-host deadline:
+For many libvirt hosts (URIs), in parallel; each of the two rounds that ask the
+hosts (1 and 3) waits at most ``timeout`` seconds for a host:
 
 1. each host's domain capabilities: its host-model CPU, the named models with
    ``usable`` and their blockers; the host-model expanded to its full feature set;
@@ -507,7 +508,6 @@ def survey(uris: Sequence[str], names: Sequence[str] = (), timeout: float = DEFA
            opener: Callable[[str], Hypervisor] = LibvirtHost) -> Fleet:
     """Ask every host, in parallel; see the module docstring."""
     start = time.monotonic()
-    deadline = start + timeout
     uris = list(dict.fromkeys(uris or [DEFAULT_URI]))
     hosts = [HostResult(uri, label, opener(uri)) for uri, label in zip(uris, labels(uris),
                                                                        strict=True)]
@@ -528,7 +528,8 @@ def survey(uris: Sequence[str], names: Sequence[str] = (), timeout: float = DEFA
             h.caps = caps
         return job
 
-    for uri, out in parallel({h.uri: read(h) for h in hosts}, deadline, timeout).items():
+    for uri, out in parallel({h.uri: read(h) for h in hosts}, start + timeout,
+                             timeout).items():
         if out.error is not None:
             by_uri[uri].error = out.error
     fleet = Fleet(hosts)
@@ -539,7 +540,7 @@ def survey(uris: Sequence[str], names: Sequence[str] = (), timeout: float = DEFA
             log.warning("no host that answered has a domain named %s", name)
     if ok:
         _baseline(fleet, ok)
-    _compare_all(fleet, ok, deadline, timeout)
+    _compare_all(fleet, ok, timeout)
     fleet.seconds = time.monotonic() - start
     fleet.time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return fleet
@@ -574,8 +575,7 @@ def _baseline(fleet: Fleet, ok: Sequence[HostResult]) -> None:
     fleet.common_model, fleet.better_model = pick_models(caps, rank)
 
 
-def _compare_all(fleet: Fleet, ok: Sequence[HostResult], deadline: float,
-                 timeout: float) -> None:
+def _compare_all(fleet: Fleet, ok: Sequence[HostResult], timeout: float) -> None:
     guests = [g for h in fleet.hosts for g in h.guests]
     for g in guests:
         fleet.moves[g.key] = {}
@@ -605,7 +605,8 @@ def _compare_all(fleet: Fleet, ok: Sequence[HostResult], deadline: float,
             return out
         return job
 
-    results = parallel({h.uri: compare_on(h) for h in ok}, deadline, timeout)
+    results = parallel({h.uri: compare_on(h) for h in ok}, time.monotonic() + timeout,
+                       timeout)
     for h in fleet.hosts:
         out = results.get(h.uri)
         for g in guests:
