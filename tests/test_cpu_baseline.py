@@ -19,7 +19,8 @@ import pytest
 
 from virtdeb import cli
 from virtdeb.cpu import baseline as b
-from virtdeb.cpucheck import Verdict, parse_incompatible
+from virtdeb.cpu.compare import Verdict
+from virtdeb.cpu.xml import parse_incompatible
 from virtdeb.errors import LibvirtError
 
 DATA = Path(__file__).parent / "data" / "fleet"

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
 
 libvirt = pytest.importorskip("libvirt")
 

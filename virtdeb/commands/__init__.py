@@ -1,1 +1,2 @@
-"""The bigger subcommands: each module has add_parser(subparsers) and its handler."""
+"""The bigger subcommands (acl, debug, cpu-check): each module has ``add_parser(sub)``;
+their shared option helpers are in :mod:`.options` (never ``virtdeb.cli``)."""

@@ -31,15 +31,23 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from virtdeb import cpucheck
-from virtdeb.cpucheck import Verdict, parse_incompatible, parse_xml
+from virtdeb.cpu import ERR_UNSUPPORTED, microcode
+from virtdeb.cpu.compare import Verdict
+from virtdeb.cpu.xml import (
+    format_element,
+    is_custom,
+    model_of,
+    normalise,
+    parse_incompatible,
+    parse_xml,
+)
 from virtdeb.errors import LibvirtError, VirtdebError
 from virtdeb.host import DEFAULT_URI, Host
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TIMEOUT = 20.0
-FLEET_STATE = f"{cpucheck.STATE}/fleet.json"
+FLEET_STATE = f"{microcode.STATE}/fleet.json"
 BASELINE_MIGRATABLE = 2  # VIR_CONNECT_BASELINE_CPU_MIGRATABLE
 BASELINE_EXPAND = 1  # VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
 COMPARE_FAIL_INCOMPATIBLE = 1  # VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE
@@ -129,7 +137,7 @@ def required_features(cpu_xml: str) -> list[str]:
 
 def pretty_cpu(cpu_xml: str) -> str:
     """A ``<cpu>`` formatted as libvirt does, ready for a domain XML (``virsh define``)."""
-    return cpucheck.format_element(parse_xml(cpu_xml), "")
+    return format_element(parse_xml(cpu_xml), "")
 
 
 @dataclass(frozen=True)
@@ -157,7 +165,7 @@ def parse_guest(home: str, xml: str, active: bool) -> Guest:
     cpu = root.find("cpu")
     ostype = root.find("os/type")
     mode = "default" if cpu is None else cpu.get("mode", "custom")
-    model = cpucheck.model_of(cpu)
+    model = model_of(cpu)
     if mode == "custom" and not model:
         mode = "default"  # only topology or NUMA: libvirt's default model
     return Guest(home=home, name=(root.findtext("name") or "?").strip(), active=active,
@@ -165,7 +173,7 @@ def parse_guest(home: str, xml: str, active: bool) -> Guest:
                  virttype=root.get("type", "kvm"),
                  cpu_xml=ET.tostring(cpu, encoding="unicode") if mode == "custom" and cpu
                  is not None else None,
-                 checked=cpucheck.is_custom(cpu))
+                 checked=is_custom(cpu))
 
 
 @dataclass(frozen=True)
@@ -288,7 +296,7 @@ class LibvirtHost:
             if exc.get_error_code() == ERR_CPU_INCOMPATIBLE:
                 missing, vendor = parse_incompatible(message)
                 return Verdict(False, tuple(missing), vendor, message)
-            if exc.get_error_code() in cpucheck.ERR_UNSUPPORTED:
+            if exc.get_error_code() in ERR_UNSUPPORTED:
                 raise self._error(exc, "compareHypervisorCPU") from exc
             return Verdict(False, (), None, message)  # e.g. a model this libvirt lacks
         return Verdict(result > 0, (), None, "" if result > 0 else "incompatible")
@@ -437,7 +445,7 @@ class Fleet:
             "baseline": {
                 "cpu_xml": None if self.baseline_xml is None else pretty_cpu(self.baseline_xml),
                 "model": None if self.baseline_xml is None
-                else cpucheck.model_of(parse_xml(self.baseline_xml)),
+                else model_of(parse_xml(self.baseline_xml)),
                 "vendor": None if self.baseline_xml is None
                 else (parse_xml(self.baseline_xml).findtext("vendor") or None),
                 "features": self.baseline_features,
@@ -597,7 +605,7 @@ def _compare_all(fleet: Fleet, ok: Sequence[HostResult], timeout: float) -> None
                 move = move_without_compare(g, h.uri)
                 if move is None:
                     assert g.cpu_xml is not None
-                    key = (cpucheck.normalise(parse_xml(g.cpu_xml)), g.arch, g.virttype)
+                    key = (normalise(parse_xml(g.cpu_xml)), g.arch, g.virttype)
                     if key not in seen:
                         seen[key] = h.hv.compare(g.cpu_xml, g.arch, g.virttype)
                     move = move_from_verdict(seen[key])
@@ -801,12 +809,12 @@ _LEGEND = {"unchecked": "no CPU model that libvirt checks",
 
 # ------------------------------------------------------------- saved baselines
 def load_saved(host: Host) -> dict[str, Any] | None:
-    return cpucheck.read_json(host, FLEET_STATE)
+    return microcode.read_json(host, FLEET_STATE)
 
 
 def save(host: Host, result: Mapping[str, Any]) -> None:
     """Record the fleet's result through the one atomic writer."""
-    cpucheck._write_json(host, FLEET_STATE, dict(result))
+    microcode._write_json(host, FLEET_STATE, dict(result))
 
 
 def check_local(host: Host) -> dict[str, Any] | None:
