@@ -28,6 +28,10 @@ from typing import Any
 import pytest
 
 from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from virtdeb.cpu import microcode
+from virtdeb.host import Host as VHost
+from virtdeb.rules import Status
+from virtdeb.rules.cpu import Cpu
 
 libvirt = pytest.importorskip("libvirt")
 
@@ -264,4 +268,25 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     # the new baseline is still accepted by every host, the smaller one included
     assert sorted(result["baseline"]["accepted_by"]) == sorted(h.uri for h in hosts)
     assert any(ch["loss"] for ch in result["since_saved"]["changes"])
+
+    # on host B itself: the microcode trigger's check and rule cpu use the saved baseline
+    on_b = VHost(root=tmp_path, uri=b.uri)
+    try:
+        report = microcode.check_and_report(on_b, "microcode-update", fix=False)
+        assert report is not None and report["fleet"] is not None
+        problems = report["fleet"]["problems"]
+        print("\n".join(problems))
+        assert "this host no longer gives the fleet's CPU baseline saved" in problems[0]
+        assert all(f in problems[0] for f in lose)
+        assert "pinned@" + a.uri in problems[1]
+        fails = [f for f in Cpu(on_b).check() if f.status is Status.FAIL]
+        assert [f.message for f in fails] == problems
+    finally:
+        on_b.close()
+    on_a = VHost(root=tmp_path, uri=a.uri)
+    try:  # host A still gives it (the saved guests' CPUs too)
+        assert microcode.fleet_check(on_a) == {**microcode.fleet_check(on_a),  # type: ignore
+                                               "baseline_accepted": True, "problems": []}
+    finally:
+        on_a.close()
     shutil.rmtree(tmp_path / "caps-B", ignore_errors=True)

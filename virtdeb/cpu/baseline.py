@@ -820,31 +820,35 @@ def save(host: Host, result: Mapping[str, Any]) -> None:
 def check_local(host: Host) -> dict[str, Any] | None:
     """Does this host still give the saved fleet baseline and the saved guests' CPUs?
 
-    For the microcode trigger and the boot check: None when no fleet baseline was
-    saved.  Logs a warning for each thing this host no longer accepts.
+    For the microcode trigger, the boot check and rule ``cpu``: None when no fleet
+    baseline was saved here.  ``problems`` has a sentence for each thing this host
+    no longer accepts (the callers log or report them; this never prints).
     """
     saved = load_saved(host)
     if saved is None or not (saved.get("baseline") or {}).get("cpu_xml"):
         return None
     hv = LibvirtHost(host.uri)
-    hv.conn = host.connect()
-    arch = next((h.get("arch") for h in saved.get("hosts", []) if h.get("ok")), None)
-    virttype = next((h.get("virttype") for h in saved.get("hosts", []) if h.get("ok")), "kvm")
+    hv.conn = host.connect()  # the Host's connection: not closed here
+    answered = [h for h in saved.get("hosts", []) if h.get("ok")]
+    arch = answered[0].get("arch") if answered else None
+    virttype = answered[0].get("virttype", "kvm") if answered else "kvm"
+    when = saved.get("time")
     verdict = hv.compare(saved["baseline"]["cpu_xml"], arch, virttype)
-    out: dict[str, Any] = {"saved": saved.get("time"), "baseline_accepted": verdict.compatible,
-                           "baseline_problem": "" if verdict.compatible else verdict.problem(),
-                           "guests_refused": {}}
+    problems = []
     if not verdict.compatible:
-        log.warning("cpu: this host no longer gives the fleet's CPU baseline saved %s (%s):"
-                    " guests defined with it cannot move here; run virtdeb cpu-baseline"
-                    " --save over the fleet again", saved.get("time"), verdict.problem())
+        problems.append(f"this host no longer gives the fleet's CPU baseline saved {when}"
+                        f" ({verdict.problem()}): guests defined with it cannot move here;"
+                        " run virtdeb cpu-baseline over the fleet")
+    refused = {}
     for d in saved.get("domains", []):
         if not d.get("cpu_xml") or not any(m.get("can") for m in d.get("moves", {}).values()):
             continue
         v = hv.compare(d["cpu_xml"], arch, virttype)
         if not v.compatible:
-            out["guests_refused"][f"{d['name']}@{d['host']}"] = v.problem()
-    if out["guests_refused"]:
-        log.warning("cpu: guests of the saved fleet baseline that can no longer run here: %s",
-                    "; ".join(f"{k}: {v}" for k, v in out["guests_refused"].items()))
-    return out
+            refused[f"{d['name']}@{d['host']}"] = v.problem()
+    if refused:
+        problems.append(f"guests of the fleet baseline saved {when} that can no longer run"
+                        " here: " + "; ".join(f"{k}: {v}" for k, v in refused.items()))
+    return {"saved": when, "baseline_accepted": verdict.compatible,
+            "baseline_problem": "" if verdict.compatible else verdict.problem(),
+            "guests_refused": refused, "problems": problems}
