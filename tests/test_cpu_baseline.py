@@ -153,6 +153,9 @@ def test_drift_host_lost_tsx_names_the_guests() -> None:
         "the fleet baseline lost hle, rtm: guests defined with the saved one cannot move to"
         " every host"]
     assert b.drift(before, before) == []
+    after["domains"] = [d for d in after["domains"] if d["name"] != "web"]
+    assert (f"guest web of host A ({A}) is no longer defined", False) in [
+        (c.text, c.loss) for c in b.drift(before, after)]
     text = b.render(after, changes, "2026-12-01T09:00:00Z")
     assert "  tsx@A -> B: missing hle, rtm" in text
     assert f"  host B ({B}) lost hle, rtm: guests tsx can no longer move to B" in text

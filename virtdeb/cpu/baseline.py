@@ -687,6 +687,11 @@ def drift(saved: Mapping[str, Any], now: Mapping[str, Any]) -> list[Drift]:
         if gone:
             out.append(Drift(f"{name} can no longer run the named models"
                              f" {', '.join(gone)}", True))
+    answered = {h["uri"]: h["label"] for h in now.get("hosts", []) if h.get("ok")}
+    for name, home in sorted(set(old_moves) - set(new_moves)):
+        if home in answered:
+            out.append(Drift(f"guest {name} of host {answered[home]} ({home}) is no longer"
+                             " defined", False))
     for uri, old in old_hosts.items():
         if uri not in new_hosts:
             out.append(Drift(f"host {uri} (then {old.get('label')}) was not asked this time",
