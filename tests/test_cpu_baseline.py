@@ -69,6 +69,19 @@ def test_parse_real_domcaps() -> None:
     assert broadwell.blockers is None  # libvirt 9.0 names no blockers: compare asks
 
 
+def test_parse_real_trixie_domcaps_with_blockers() -> None:
+    caps = b.parse_domcaps(read("domcaps-trixie.xml"))  # libvirt 11.3.0, qemu 10.0
+    assert (caps.model, caps.vendor, len(caps.models)) == ("kvm64", "Intel", 145)
+    assert {"pentium3", "pentium3-v1"} <= caps.usable()
+    no_tsx = caps.get("Broadwell-noTSX")
+    assert no_tsx is not None and not no_tsx.usable
+    assert no_tsx.blockers is not None and "avx2" in no_tsx.blockers
+    assert all(m.blockers for m in caps.models if not m.usable)
+    # a fleet in the middle of an upgrade: the bookworm host's models rank the common one
+    a = b.parse_domcaps(read("domcaps-A.xml"))
+    assert b.pick_models([a, caps], RANK) == ("pentium3", None)
+
+
 def test_edited_copies_differ_as_described() -> None:
     a = b.parse_domcaps(read("domcaps-A.xml"))
     nb = b.parse_domcaps(read("domcaps-B-no-tsx.xml"))

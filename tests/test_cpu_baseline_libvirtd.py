@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from virtdeb.cpu import baseline as b
 from virtdeb.cpu import microcode
 from virtdeb.host import Host as VHost
 from virtdeb.rules import Status
@@ -200,6 +201,8 @@ def test_three_hosts_baseline_matrix_and_a_host_that_never_answers(
     assert f"needs-more@A -> B: missing {', '.join(lacking)}" in proc_text.stdout \
         or "needs-more@A -> B: missing" in proc_text.stdout
 
+    proc = run(tmp_path, "--json", "--domain", "fits", a.uri, b.uri, c.uri)
+    assert [d["name"] for d in json.loads(proc.stdout)["domains"]] == ["fits"]
     proc = run(tmp_path, "--json", a.uri, b.uri, c.uri)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)
@@ -290,3 +293,30 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     finally:
         on_a.close()
     shutil.rmtree(tmp_path / "caps-B", ignore_errors=True)
+
+
+def test_hosts_of_two_vendors_get_a_baseline_without_vendor(libvirtd: PrivateLibvirtd) -> None:
+    """Host C is this daemon's own domain capabilities with the vendor edited to another
+    one; the real libvirt computes the baseline, which names no vendor and which the real
+    host accepts."""
+    live = b.LibvirtHost(libvirtd.uri)
+    live.open()
+    try:
+        xml = live.domain_capabilities()
+        mine = b.parse_domcaps(xml)
+        other = "AMD" if mine.vendor != "AMD" else "Intel"
+        edited = b.parse_domcaps(xml.replace(f"<vendor>{mine.vendor}</vendor>",
+                                             f"<vendor>{other}</vendor>", 1))
+        assert edited.vendor == other
+        hosts = [b.HostResult("qemu+ssh://a/system", "A", live, version="9.0.0", caps=mine),
+                 b.HostResult("qemu+ssh://c/system", "C", live, version="9.0.0", caps=edited)]
+        fleet = b.Fleet(hosts)
+        b.fleet_baseline(fleet, hosts, 10)
+        assert fleet.baseline_error is None and fleet.baseline_xml
+        assert ET.fromstring(fleet.baseline_xml).find("vendor") is None
+        assert fleet.baseline_note.startswith("hosts of different CPU vendors (")
+        assert live.conn.compareHypervisorCPU(None, mine.arch, None, mine.virttype,
+                                              fleet.baseline_xml, FAIL_INCOMPATIBLE) >= 1
+        assert fleet.common_model in mine.usable()
+    finally:
+        live.close()

@@ -8,7 +8,7 @@ hosts (1 and 3) waits at most ``timeout`` seconds for a host:
    the defined domains' CPU definitions;
 2. a migration-safe CPU for all of them: ``baselineHypervisorCPU(...,
    VIR_CONNECT_BASELINE_CPU_MIGRATABLE)`` over the hosts' host-model CPUs (asked of
-   the first host that answered), and the newest named model usable everywhere
+   the host with the newest libvirt), and the newest named model usable everywhere
    (newest = most features, as libvirt expands it), with the next better model and
    what it lacks on each host where it is not usable;
 3. on every host: ``compareHypervisorCPU`` of the baseline (it must be >= 1) and of
@@ -23,6 +23,7 @@ Everything that talks to libvirt is in :class:`LibvirtHost`; the rest is pure.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -31,6 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
+from virtdeb import fsio
 from virtdeb.cpu import ERR_UNSUPPORTED, microcode
 from virtdeb.cpu.compare import Verdict
 from virtdeb.cpu.xml import (
@@ -242,6 +244,7 @@ class LibvirtHost:
     def __init__(self, uri: str) -> None:
         self.uri = uri
         self.conn: Any = None
+        self._version = ""
 
     def _error(self, exc: Any, what: str) -> LibvirtError:
         return LibvirtError(f"{self.uri}: {what}: {exc.get_error_message()}")
@@ -256,8 +259,10 @@ class LibvirtHost:
             raise self._error(exc, "cannot connect") from exc
 
     def version(self) -> str:
-        v = int(self.conn.getLibVersion())
-        return f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        if not self._version:
+            v = int(self.conn.getLibVersion())
+            self._version = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
+        return self._version
 
     def domain_capabilities(self) -> str:
         import libvirt
@@ -298,7 +303,8 @@ class LibvirtHost:
                 return Verdict(False, tuple(missing), vendor, message)
             if exc.get_error_code() in ERR_UNSUPPORTED:
                 raise self._error(exc, "compareHypervisorCPU") from exc
-            return Verdict(False, (), None, message)  # e.g. a model this libvirt lacks
+            # e.g. a model or feature this (older) libvirt does not know
+            return Verdict(False, (), None, f"{message} (libvirt {self.version()} there)")
         return Verdict(result > 0, (), None, "" if result > 0 else "incompatible")
 
     def model_features(self, model: str, arch: str) -> list[str]:
@@ -547,17 +553,30 @@ def survey(uris: Sequence[str], names: Sequence[str] = (), timeout: float = DEFA
         for name in sorted(wanted - found):
             log.warning("no host that answered has a domain named %s", name)
     if ok:
-        _baseline(fleet, ok)
+        fleet_baseline(fleet, ok, timeout)
     _compare_all(fleet, ok, timeout)
     fleet.seconds = time.monotonic() - start
     fleet.time = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return fleet
 
 
-def _baseline(fleet: Fleet, ok: Sequence[HostResult]) -> None:
-    """The migratable baseline and the ranking of named models, on the first host."""
-    first = ok[0]
-    assert first.caps is not None
+def _version(h: HostResult) -> tuple[int, ...]:
+    return tuple(int(p) for p in h.version.split(".") if p.isdigit()) or (0,)
+
+
+def fleet_baseline(fleet: Fleet, ok: Sequence[HostResult], timeout: float) -> None:
+    """The migratable baseline and the ranking of named models.
+
+    Asked of the host with the newest libvirt (it knows the most CPU models; in a
+    fleet in the middle of an upgrade an older one may not know a newer host's
+    host-model).  With several libvirt versions, a baseline that some host refuses
+    is asked again of the next older version, and the first that every host
+    accepts is kept (else the newest's).
+    """
+    askers: list[HostResult] = []
+    for h in sorted(ok, key=_version, reverse=True):
+        if all(_version(a) != _version(h) for a in askers):
+            askers.append(h)
     caps = [h.caps for h in ok if h.caps is not None]
     vendors = sorted({c.vendor for c in caps})
     mixed = len(vendors) > 1
@@ -565,22 +584,52 @@ def _baseline(fleet: Fleet, ok: Sequence[HostResult]) -> None:
         fleet.baseline_note = ("hosts of different CPU vendors (" + ", ".join(
             f"{v or 'unknown'}: " + " ".join(h.label for h in ok if h.caps and h.caps.vendor == v)
             for v in vendors) + "): the baseline names no vendor")
-    try:
-        xml = first.hv.baseline([host_model_xml(c, vendor=not mixed) for c in caps],
-                                first.caps.arch, first.caps.virttype)
-        fleet.baseline_xml = xml
-        fleet.baseline_features = required_features(first.hv.expand(xml, first.caps.arch,
-                                                                     first.caps.virttype))
-    except VirtdebError as exc:
-        fleet.baseline_error = exc.message
-    candidates = sorted(set.union(*(c.usable() for c in caps)))
-    rank: dict[str, int] = {}
-    for name in candidates:
+    inputs = [host_model_xml(c, vendor=not mixed) for c in caps]
+    chosen: tuple[HostResult, str] | None = None
+    errors = []
+    for asker in askers:
+        assert asker.caps is not None
         try:
-            rank[name] = len(first.hv.model_features(name, first.caps.arch))
-        except VirtdebError:
-            rank[name] = -1  # a model the first host's libvirt does not know
+            xml = asker.hv.baseline(inputs, asker.caps.arch, asker.caps.virttype)
+        except VirtdebError as exc:
+            errors.append(exc.message)
+            continue
+        chosen = chosen or (asker, xml)
+        if len(askers) == 1 or _accepted_by_all(xml, ok, timeout):
+            chosen = (asker, xml)
+            break
+    if chosen is None:
+        fleet.baseline_error = "; ".join(errors)
+    else:
+        asker, xml = chosen
+        assert asker.caps is not None
+        fleet.baseline_xml = xml
+        try:
+            fleet.baseline_features = required_features(
+                asker.hv.expand(xml, asker.caps.arch, asker.caps.virttype))
+        except VirtdebError as exc:
+            fleet.baseline_error = exc.message
+    rank: dict[str, int] = {}
+    for name in sorted(set.union(*(c.usable() for c in caps))):
+        rank[name] = -1  # a model no asked libvirt knows
+        for asker in askers:
+            assert asker.caps is not None
+            try:
+                rank[name] = len(asker.hv.model_features(name, asker.caps.arch))
+                break
+            except VirtdebError:
+                continue
     fleet.common_model, fleet.better_model = pick_models(caps, rank)
+
+
+def _accepted_by_all(cpu_xml: str, ok: Sequence[HostResult], timeout: float) -> bool:
+    def job(h: HostResult) -> Callable[[], bool]:
+        def accepts() -> bool:
+            assert h.caps is not None
+            return h.hv.compare(cpu_xml, h.caps.arch, h.caps.virttype).compatible
+        return accepts
+    results = parallel({h.uri: job(h) for h in ok}, time.monotonic() + timeout, timeout)
+    return all(out.value is True for out in results.values())
 
 
 def _compare_all(fleet: Fleet, ok: Sequence[HostResult], timeout: float) -> None:
@@ -818,8 +867,9 @@ def load_saved(host: Host) -> dict[str, Any] | None:
 
 
 def save(host: Host, result: Mapping[str, Any]) -> None:
-    """Record the fleet's result through the one atomic writer."""
-    microcode._write_json(host, FLEET_STATE, dict(result))
+    """Record the fleet's result through the one atomic writer (0644: no secrets)."""
+    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
+    fsio.atomic_write(host.check_parent(FLEET_STATE), text.encode(), FLEET_STATE)
 
 
 def check_local(host: Host) -> dict[str, Any] | None:
