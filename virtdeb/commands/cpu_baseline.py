@@ -45,9 +45,13 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
     local = Host(root=Path(args.root))
-    names = [n for group in args.domain for n in group]
+    # --domain NAME... swallows the URIs after it; libvirt refuses '/' in a domain name
+    # (and a URI has '://'), so they are told apart
+    words = [n for group in args.domain for n in group]
+    names = [w for w in words if "/" not in w]
+    uris = [*args.uris, *(w for w in words if "/" in w)]
     saved = baseline.load_saved(local)
-    fleet = baseline.survey(args.uris or [DEFAULT_URI], names, args.timeout)
+    fleet = baseline.survey(uris or [DEFAULT_URI], names, args.timeout)
     try:
         result = fleet.as_json()
     finally:
