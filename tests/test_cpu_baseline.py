@@ -247,3 +247,19 @@ def test_cli_reports_an_unreachable_host(tmp_path: Path,
     assert result["hosts"][0]["uri"] == uri and not result["hosts"][0]["ok"]
     assert "cannot connect" in result["hosts"][0]["error"]
     assert result["baseline"]["cpu_xml"] is None
+
+
+def test_a_big_fleet_shows_only_the_guests_that_cannot_move_everywhere() -> None:
+    hosts = [host(A, "A", "A"), host(B, "B", "B-no-tsx")]
+    result = fleet(hosts, {})
+    guest = result["domains"][1]
+    result["domains"] = [{**guest, "name": f"web{i:02d}",
+                          "moves": {A: HOME.as_json(), B: b.Move(True, "yes").as_json()}}
+                         for i in range(40)]
+    result["domains"][7]["moves"][B] = b.move_from_verdict(no_tsx()).as_json()
+    text = b.render(result)
+    assert "  web07@A  home   NO" in text and "web08@A" not in text
+    assert "  (39 more guests can move to every host)" in text
+    assert "  web07@A -> B: missing hle, rtm" in text
+    assert len(text.splitlines()) <= 24, text
+    assert result["hosts"][1]["unusable_models"]["Broadwell"] is None  # libvirt 9.0

@@ -480,6 +480,9 @@ class Fleet:
                                "disabled": [n for n, p in h.caps.features if p == "disable"]},
                 "features": h.features,
                 "usable_models": sorted(h.caps.usable()),
+                # what keeps each other model from this host (None: libvirt < 9.x says not)
+                "unusable_models": {m.name: None if m.blockers is None else list(m.blockers)
+                                    for m in h.caps.models if not m.usable},
                 "accepts_baseline": None if h.accepts is None else h.accepts.compatible,
             })
         return out
