@@ -263,3 +263,19 @@ def test_a_big_fleet_shows_only_the_guests_that_cannot_move_everywhere() -> None
     assert "  web07@A -> B: missing hle, rtm" in text
     assert len(text.splitlines()) <= 24, text
     assert result["hosts"][1]["unusable_models"]["Broadwell"] is None  # libvirt 9.0
+
+
+def test_save_keeps_the_saved_entry_of_a_host_that_did_not_answer() -> None:
+    from virtdeb.commands.cpu_baseline import carry_over
+
+    before = fleet([host(A, "A", "A"), host(B, "B", "A")], {})
+    now = fleet([host(A, "A", "A"), b.HostResult(B, "B", None,  # type: ignore[arg-type]
+                                                 error="no answer within 20 s")], {})
+    kept = carry_over(before, now)
+    assert kept["hosts"][1]["ok"] and kept["hosts"][1]["features"] == before["hosts"][1][
+        "features"]
+    assert kept["hosts"][1]["carried_from"] == before["time"]
+    assert carry_over(None, now)["hosts"][1]["ok"] is False
+    # the run after: B answers again without TSX, and is compared with what it said first
+    later = fleet([host(A, "A", "A"), host(B, "B", "B-no-tsx")], {})
+    assert any(c.text.startswith(f"host B ({B}) lost hle, rtm") for c in b.drift(kept, later))

@@ -61,7 +61,7 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
         result["since_saved"] = {"time": saved.get("time"),
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
     if args.save:
-        baseline.save(local, result)
+        baseline.save(local, carry_over(saved, result))
         result["saved_to"] = baseline.FLEET_STATE
     if args.json:
         json.dump(result, sys.stdout, indent=1)
@@ -75,3 +75,18 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None
            or bool(base["refused_by"]) or any(c.loss for c in changes))
     return 1 if bad else 0
+
+
+def carry_over(saved: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """What --save records: a host that did not answer keeps its saved entry (the next
+    run still compares it with what it said then)."""
+    before = {h["uri"]: h for h in (saved or {}).get("hosts", []) if h.get("ok")}
+    hosts = []
+    for h in result["hosts"]:
+        if not h["ok"] and h["uri"] in before:
+            assert saved is not None
+            old = before[h["uri"]]
+            h = {**old, "label": h["label"],
+                 "carried_from": old.get("carried_from") or saved.get("time")}
+        hosts.append(h)
+    return {**result, "hosts": hosts}
