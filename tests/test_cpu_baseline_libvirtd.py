@@ -320,3 +320,28 @@ def test_hosts_of_two_vendors_get_a_baseline_without_vendor(libvirtd: PrivateLib
         assert fleet.common_model in mine.usable()
     finally:
         live.close()
+
+
+def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
+        hosts: list[Host]) -> None:
+    a, _b, c = hosts
+    conn = a.connect()
+    conn.defineXML(domain_xml("fits", host_model_cpu(conn)))
+    conn.close()
+
+    class StopsC(b.LibvirtHost):
+        def baseline(self, cpu_xmls: Any, arch: str, virttype: str) -> str:
+            c.stop()  # between the first round and the comparisons
+            return super().baseline(cpu_xmls, arch, virttype)
+
+    fleet = b.survey([h.uri for h in hosts], timeout=10,
+                     opener=lambda uri: StopsC(uri) if uri == a.uri else b.LibvirtHost(uri))
+    try:
+        result = fleet.as_json()
+    finally:
+        b.close(fleet)
+    by_uri = {h["uri"]: h for h in result["hosts"]}
+    assert "compareHypervisorCPU" in by_uri[c.uri]["error"]
+    fits = next(d for d in result["domains"] if d["name"] == "fits")
+    assert fits["moves"][c.uri]["state"] == "no-answer" and fits["moves"][c.uri]["can"] is None
+    assert fits["moves"][hosts[1].uri]["state"] == "yes"

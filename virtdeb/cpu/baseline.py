@@ -57,6 +57,9 @@ ERR_CPU_INCOMPATIBLE = 91  # VIR_ERR_CPU_INCOMPATIBLE
 XML_INACTIVE = 2  # VIR_DOMAIN_XML_INACTIVE
 LIST_PERSISTENT = 4  # VIR_CONNECT_LIST_DOMAINS_PERSISTENT
 ERR_NO_DOMAIN = 42  # VIR_ERR_NO_DOMAIN
+# the connection failed, not the comparison: VIR_ERR_NO_CONNECT, _INVALID_CONN,
+# _SYSTEM_ERROR (e.g. "Cannot recv data"), _RPC
+ERR_CONNECTION = (5, 6, 38, 39)
 MATRIX_ROWS = 15  # more guests than this: the matrix shows only those that cannot move
 
 
@@ -260,7 +263,12 @@ class LibvirtHost:
 
     def version(self) -> str:
         if not self._version:
-            v = int(self.conn.getLibVersion())
+            import libvirt
+
+            try:
+                v = int(self.conn.getLibVersion())
+            except libvirt.libvirtError as exc:
+                raise self._error(exc, "getLibVersion") from exc
             self._version = f"{v // 1000000}.{v // 1000 % 1000}.{v % 1000}"
         return self._version
 
@@ -301,7 +309,7 @@ class LibvirtHost:
             if exc.get_error_code() == ERR_CPU_INCOMPATIBLE:
                 missing, vendor = parse_incompatible(message)
                 return Verdict(False, tuple(missing), vendor, message)
-            if exc.get_error_code() in ERR_UNSUPPORTED:
+            if exc.get_error_code() in (*ERR_UNSUPPORTED, *ERR_CONNECTION):
                 raise self._error(exc, "compareHypervisorCPU") from exc
             # e.g. a model or feature this (older) libvirt does not know
             return Verdict(False, (), None, f"{message} (libvirt {self.version()} there)")
