@@ -19,6 +19,7 @@ import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -121,9 +122,15 @@ def hosts(tmp_path: Path) -> Iterator[list[Host]]:
         for h in made:
             h.start()
         yield made
-    finally:
-        for h in made:
-            h.stop()
+    finally:  # in parallel: each stop waits for init to reap its daemon's children
+        stoppers = [threading.Thread(target=h.stop) for h in made]
+        for t in stoppers:
+            t.start()
+        for t in stoppers:
+            t.join()
+        left = [h for h in made if h.daemon is not None]
+        for h in left:
+            h.stop()  # raises what went wrong
 
 
 def run(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
