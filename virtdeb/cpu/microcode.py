@@ -22,6 +22,7 @@ STATE = "/var/lib/virtdeb/cpu"
 MARKER = f"{STATE}/check-after-boot"
 BASELINE = f"{STATE}/baseline.json"
 LAST_REPORT = f"{STATE}/last-report.json"
+CPUINFO = "/proc/cpuinfo"
 
 
 def _now() -> str:
@@ -48,9 +49,11 @@ def cpuinfo(host: Host) -> tuple[list[str], str | None]:
     flags: list[str] = []
     microcode = None
     try:
-        text = host.path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        data = fsio.read_bytes(host.path(CPUINFO), CPUINFO)
+    except VirtdebError as exc:
+        log.warning("cpu: %s", exc.message)
         return flags, microcode
+    text = (data or b"").decode("utf-8", "replace")
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
