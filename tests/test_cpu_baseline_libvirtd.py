@@ -257,6 +257,8 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     saved = tmp_path / "var/lib/virtdeb/cpu/fleet.json"
     assert json.loads(saved.read_text())["baseline"]["cpu_xml"]
     assert oct(saved.stat().st_mode & 0o777) == "0o644"
+    entry = re.search(r"journal entry (\S+); undo with: virtdeb revert \1", proc.stdout)
+    assert entry, proc.stdout
 
     # host B comes back with the features gone
     assert b.daemon is not None
@@ -299,6 +301,12 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
                                                "baseline_accepted": True, "problems": []}
     finally:
         on_a.close()
+    # the save was journaled like every file virtdeb writes: revert takes it back
+    undo = subprocess.run(["/usr/bin/python3", "-m", "virtdeb", "revert", "--root",
+                           str(tmp_path), entry.group(1)], cwd=TOP, capture_output=True,
+                          text=True, env={"PATH": PATH, "PYTHONPATH": str(TOP)}, check=False)
+    assert undo.returncode == 0, undo.stderr
+    assert not saved.exists()
     shutil.rmtree(tmp_path / "caps-B", ignore_errors=True)
 
 

@@ -60,9 +60,11 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if saved is not None:
         result["since_saved"] = {"time": saved.get("time"),
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
+    entry = None
     if args.save:
-        baseline.save(local, carry_over(saved, result))
+        entry = baseline.save(local, carry_over(saved, result))
         result["saved_to"] = baseline.FLEET_STATE
+        result["journal"] = entry
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
@@ -70,7 +72,8 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
         sys.stdout.write(baseline.render(result, changes,
                                          None if saved is None else str(saved.get("time"))))
         if args.save:
-            print(f"saved to {baseline.FLEET_STATE}")
+            print(f"saved to {baseline.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
+                  f" virtdeb revert {entry})" if entry else " (unchanged)"))
     base = result["baseline"]
     bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None
            or bool(base["refused_by"]) or any(c.loss for c in changes))

@@ -877,10 +877,23 @@ def load_saved(host: Host) -> dict[str, Any] | None:
     return microcode.read_json(host, FLEET_STATE)
 
 
-def save(host: Host, result: Mapping[str, Any]) -> None:
-    """Record the fleet's result through the one atomic writer (0644: no secrets)."""
-    text = json.dumps(result, indent=1, sort_keys=True) + "\n"
-    fsio.atomic_write(host.check_parent(FLEET_STATE), text.encode(), FLEET_STATE)
+def save(host: Host, result: Mapping[str, Any]) -> str | None:
+    """Record the fleet's result through the journal (``virtdeb revert`` undoes it), as
+    every file virtdeb writes; the id of the journal entry (None: nothing changed).
+
+    The models' blockers are left out: only what :func:`drift` compares is kept.
+    """
+    from virtdeb.effects.file import FileChange
+    from virtdeb.journal import Journal
+
+    hosts = [{k: v for k, v in h.items() if k != "unusable_models"} for h in result["hosts"]]
+    data = (json.dumps({**result, "hosts": hosts}, indent=1, sort_keys=True) + "\n").encode()
+    before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
+    if before == data:
+        return None
+    entry = Journal(host).apply([FileChange("cpu", FLEET_STATE, before, data)],
+                                "cpu-baseline --save")
+    return None if entry is None else entry.id
 
 
 def check_local(host: Host) -> dict[str, Any] | None:
