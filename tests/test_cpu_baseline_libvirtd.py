@@ -36,6 +36,7 @@ from virtdeb.rules import Status
 from virtdeb.rules.cpu import Cpu
 
 libvirt = pytest.importorskip("libvirt")
+pytestmark = pytest.mark.integration  # real daemons; the source tree's virtdeb
 
 TOP = Path(__file__).resolve().parents[1]
 FAIL_INCOMPATIBLE = 1
