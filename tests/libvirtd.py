@@ -692,7 +692,7 @@ class PrivateLibvirtd:
         pid = self.pid
         if pid is None:
             raise PrivateLibvirtdError("libvirtd is not running")
-        root = ["-r"] if self.root is not None else []
+        root = ["-r", "-w"] if self.root is not None else []  # the chroot, cwd its /
         return ["nsenter", "-t", str(pid), "-m", "-n", *root, "--", *argv]
 
     def popen_in_ns(

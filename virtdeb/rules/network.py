@@ -309,6 +309,56 @@ class NetworkChange(Change):
         return f"libvirt network {name}: {', '.join(done) or 'already as before'}"
 
 
+@dataclass
+class NetworkMove(NetworkChange):
+    """Redefine an inactive network on another subnet (same name and UUID), start it and
+    mark it autostart; revert stops it and defines the previous XML again."""
+
+    kind: ClassVar[str] = "libvirt-network-move"
+
+    def _current(self, host: Host) -> Any:
+        net = lookup(host, self.target)
+        if net is None or net.UUIDString() != self.uuid:
+            raise ConflictError(f"libvirt network {self.target}: removed or replaced while"
+                                " virtdeb was planning; run the command again")
+        if net.isActive():
+            raise ConflictError(f"libvirt network {self.target}: started while virtdeb was"
+                                " planning; run the command again")
+        return net
+
+    @classmethod
+    def undo(cls, host: Host, record: Record) -> str:
+        name = record["target"]
+        net = lookup(host, name)
+        if net is None or net.UUIDString() != record["uuid"]:
+            raise ConflictError(f"libvirt network {name}: removed or replaced since virtdeb"
+                                " moved it; not reverted")
+        if net.isActive():
+            _call(f"{name} (stop)", net.destroy)
+        if net.autostart() and not record["autostart"]:
+            _call(f"{name} (autostart off)", net.setAutostart, 0)
+        _call(f"{name} (define)", host.connect().networkDefineXML, record["xml"])
+        return (f"libvirt network {name}: stopped, its previous definition"
+                f" ({xml_subnet(record['xml'])}) defined again")
+
+
+def collision(host: Host, net: Any) -> tuple[ipaddress.IPv4Network,
+                                             list[ipaddress.IPv4Network]] | None:
+    """(subnet, used) when NET's subnet overlaps an address or route of the host or another
+    libvirt network (only meaningful while NET is inactive: then its bridge has no
+    address), else None."""
+    subnet = xml_subnet(net.XMLDesc(_libvirt().VIR_NETWORK_XML_INACTIVE))
+    if subnet is None:
+        return None
+    try:
+        used = sysnet.used_networks(host, other_subnets(host, NAME))
+    except VirtdebError as exc:
+        log.info("network: cannot list the host's addresses and routes: %s", exc)
+        return None
+    taken = [n for n in used if n.version == 4 and n.prefixlen >= MIN_PREFIX]
+    return (subnet, used) if any(subnet.overlaps(n) for n in taken) else None
+
+
 # -- packages -------------------------------------------------------------------
 _BACKEND = re.compile(r'^\s*firewall_backend\s*=\s*"([a-z]+)"', re.MULTILINE)
 
@@ -387,8 +437,14 @@ class Network(Rule):
             return [self.finding(Status.FAIL, f"network '{NAME}' is not defined",
                                  f"virtdeb apply network defines it from {TEMPLATE}{checking}")]
         out = []
+        clash = None if active or net is None else collision(self.host, net)
         if active:
             out.append(self.finding(Status.PASS, f"network '{NAME}' is active"))
+        elif clash is not None:
+            out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active: its subnet"
+                                    f" {clash[0]} is in use on this host",
+                                    f"virtdeb apply network moves it to {pick_subnet(clash[1])}"
+                                    f" (or: virsh net-edit {NAME}){checking}"))
         else:
             out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active",
                                     f"virtdeb apply network (virsh net-start {NAME}){checking}"))
@@ -414,13 +470,26 @@ class Network(Rule):
             changes.append(self._define())
             defined_by_virtdeb = True
         elif not net.isActive() or not net.autostart():
-            changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
-                                         start=not net.isActive(),
-                                         autostart=not net.autostart()))
+            clash = None if net.isActive() else collision(self.host, net)
+            if clash is not None and (state is None or defined_by_virtdeb):
+                # libvirt's own definition (or virtdeb's) cannot start where it is: move it
+                changes.append(self._move(net, *clash))
+            else:
+                changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
+                                             start=not net.isActive(),
+                                             autostart=not net.autostart()))
         after = _state_bytes(defined_by_virtdeb)
         if before != after:
             changes.append(FileChange(self.name, STATE, before, after, mode=0o644))
         return changes
+
+    def _move(self, net: Any, subnet: ipaddress.IPv4Network,
+              used: list[ipaddress.IPv4Network]) -> NetworkChange:
+        new = pick_subnet(used, subnet)
+        xml = network_xml(net.XMLDesc(_libvirt().VIR_NETWORK_XML_INACTIVE), new,
+                          net.UUIDString(), f"network {NAME}")
+        return NetworkMove(self.name, NAME, net.UUIDString(), define_xml=xml,
+                           note=f" moved from {subnet} (in use on this host) to {new}")
 
     def _define(self) -> NetworkChange:
         import uuid  # here: doctor never needs it

@@ -1,0 +1,1 @@
+"""The CPU-model engine of ``virtdeb cpu-check`` (see DESIGN §2)."""
