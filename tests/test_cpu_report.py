@@ -7,6 +7,10 @@ in tests/test_cpucheck.py, where the grouped text is checked end to end too).
 
 from __future__ import annotations
 
+import os
+import select
+from pathlib import Path
+
 from virtdeb import cpucheck
 from virtdeb.cpu.report import groups, names, text_lines
 
@@ -62,3 +66,29 @@ def test_names_abbreviated_past_a_few() -> None:
     assert names([*five, report("f", FIT_CPU, FITS)]) == "a, b, c, d and 2 more"
     all_running = [report(n, FIT_CPU, FITS, active=True) for n in "xy"]
     assert text_lines(all_running) == ["x, y (2 domains, running, qemu64): compatible"]
+
+
+def test_progress_only_on_a_terminal_and_only_for_long_runs(tmp_path: Path) -> None:
+    master, slave = os.openpty()
+    try:
+        with os.fdopen(slave, "w", closefd=False) as tty:
+            p = cpucheck.Progress(tty, "comparing CPUs", minimum=50)
+            p(1, 10)  # a short run: nothing
+            for i in range(1, 61):
+                p(i, 60)
+            p.done()
+        chunks = []
+        while select.select([master], [], [], 0.2)[0]:  # everything written, in pieces
+            chunks.append(os.read(master, 65536))
+        shown = b"".join(chunks).decode()
+    finally:
+        os.close(master)
+        os.close(slave)
+    assert "virtdeb: comparing CPUs 60/60" in shown and "/10" not in shown
+    assert shown.endswith("\r\033[K")  # the line is wiped at the end
+    with open(tmp_path / "out", "w") as pipe_like:  # not a terminal: never a progress line
+        q = cpucheck.Progress(pipe_like, "comparing CPUs", minimum=1)
+        for i in range(1, 61):
+            q(i, 60)
+        q.done()
+    assert (tmp_path / "out").read_text() == ""
