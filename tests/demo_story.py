@@ -2,7 +2,7 @@
 
 The chroot is an overlay of the cached image (``make demo-image``: Debian 13 trixie by
 default, with libvirt-daemon-system and qemu), run by the test harness's private libvirtd
-in chroot mode (tests/libvirtd.py): the image's own libvirtd and virtlogd in private
+in chroot mode (tests/harness/libvirtd.py): the image's own libvirtd and virtlogd in private
 network and mount namespaces, so virtdeb inside the chroot talks to a real
 qemu:///system. Every command runs inside the chroot as an administrator would type it,
 and what it prints is shown. The story, in order:
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
-from tests.libvirtd import PATH, PrivateLibvirtd, PrivateLibvirtdError
+from tests.harness.libvirtd import PATH, PrivateLibvirtd, PrivateLibvirtdError
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 HOST_ADDRESS = "192.168.122.5/24"  # already there: the default network must move

@@ -11,8 +11,9 @@ import os
 import select
 from pathlib import Path
 
-from virtdeb import cpucheck
+from virtdeb.cpu.compare import DomainReport, Progress, Verdict
 from virtdeb.cpu.report import groups, names, text_lines
+from virtdeb.cpu.xml import fragility, parse_domain
 
 TSX_CPU = ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model>"
            "<vendor>AMD</vendor><feature policy='require' name='hle'/>"
@@ -22,16 +23,16 @@ TSX_CPU_REORDERED = ("<cpu match='exact' mode='custom'>\n  <model fallback='forb
                      "\n  <vendor>AMD</vendor>\n  <feature name='rtm' policy='require'/>"
                      "\n  <feature name='hle' policy='require'/>\n</cpu>")
 FIT_CPU = "<cpu mode='custom' match='minimum'><model fallback='allow'>qemu64</model></cpu>"
-BROKEN = cpucheck.Verdict(False, ("hle", "rtm"), None, "missing features: hle, rtm")
-FITS = cpucheck.Verdict(True)
+BROKEN = Verdict(False, ("hle", "rtm"), None, "missing features: hle, rtm")
+FITS = Verdict(True)
 
 
-def report(name: str, cpu: str, verdict: cpucheck.Verdict | None,
-           active: bool = False) -> cpucheck.DomainReport:
+def report(name: str, cpu: str, verdict: Verdict | None,
+           active: bool = False) -> DomainReport:
     xml = (f"<domain type='kvm'><name>{name}</name><os><type arch='x86_64'>hvm</type></os>"
            f"{cpu}</domain>")
-    dom = cpucheck.parse_domain(xml)
-    return cpucheck.DomainReport(dom, active, verdict, cpucheck.fragility(dom.cpu))
+    dom = parse_domain(xml)
+    return DomainReport(dom, active, verdict, fragility(dom.cpu))
 
 
 def test_forty_clones_are_one_line() -> None:
@@ -72,7 +73,7 @@ def test_progress_only_on_a_terminal_and_only_for_long_runs(tmp_path: Path) -> N
     master, slave = os.openpty()
     try:
         with os.fdopen(slave, "w", closefd=False) as tty:
-            p = cpucheck.Progress(tty, "comparing CPUs", minimum=50)
+            p = Progress(tty, "comparing CPUs", minimum=50)
             p(1, 10)  # a short run: nothing
             for i in range(1, 61):
                 p(i, 60)
@@ -87,7 +88,7 @@ def test_progress_only_on_a_terminal_and_only_for_long_runs(tmp_path: Path) -> N
     assert "virtdeb: comparing CPUs 60/60" in shown and "/10" not in shown
     assert shown.endswith("\r\033[K")  # the line is wiped at the end
     with open(tmp_path / "out", "w") as pipe_like:  # not a terminal: never a progress line
-        q = cpucheck.Progress(pipe_like, "comparing CPUs", minimum=1)
+        q = Progress(pipe_like, "comparing CPUs", minimum=1)
         for i in range(1, 61):
             q(i, 60)
         q.done()

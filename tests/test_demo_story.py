@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests import demo_story
-from tests.libvirtd import skip_reason
+from tests.harness.libvirtd import skip_reason
 
 pytestmark = pytest.mark.integration
 TOP = Path(__file__).resolve().parents[1]

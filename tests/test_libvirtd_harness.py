@@ -1,4 +1,4 @@
-"""Tests of the private libvirtd harness (tests/libvirtd.py) against a real daemon."""
+"""Tests of the private libvirtd harness (tests/harness/libvirtd.py) against a real daemon."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import (
+from tests.harness.libvirtd import (
     PATH,
     PrivateLibvirtd,
     PrivateLibvirtdError,

@@ -1,4 +1,4 @@
-"""Rule ``network`` against a real private libvirtd (tests/libvirtd.py).
+"""Rule ``network`` against a real private libvirtd (tests/harness/libvirtd.py).
 
 The daemon runs in its own network namespace; the Host points at it
 (``uri``, ``netns``) and at a fake root in tmp_path holding libvirt's real
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import PrivateLibvirtd
+from tests.harness.libvirtd import PrivateLibvirtd
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status
@@ -195,7 +195,7 @@ def test_packaged_definition_on_a_used_subnet_is_moved(
     assert [f.status for f in Network(host)._check_network()] == [Status.PASS, Status.PASS]
     assert Network(host).plan() == []
     _, messages = Journal(host).revert()
-    assert any("previous definition (192.168.122.0/24) defined again" in m for m in messages)
+    assert any("its previous definition defined again" in m for m in messages)
     net = libvirt_conn.networkLookupByName("default")
     assert not net.isActive() and not net.autostart()
     assert net.XMLDesc(1) == before

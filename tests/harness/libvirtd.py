@@ -90,7 +90,7 @@ nothing is ever mounted in the host's namespace.
 - ``before_start(scratch)`` runs as in host mode (e.g. to write SCRATCH/upper/etc/...
   in overlay mode, or to set up veths). The qemu capabilities cache is not used.
 
-Fixtures (load with ``pytest_plugins = ["tests.libvirtd"]``); every test that uses
+Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
 - ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
   root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
@@ -692,8 +692,8 @@ class PrivateLibvirtd:
         pid = self.pid
         if pid is None:
             raise PrivateLibvirtdError("libvirtd is not running")
-        root = ["-r", "-w"] if self.root is not None else []  # the chroot, cwd its /
-        return ["nsenter", "-t", str(pid), "-m", "-n", *root, "--", *argv]
+        # -r -w: its root and cwd (a chroot's, or the one pytest itself runs in)
+        return ["nsenter", "-t", str(pid), "-m", "-n", "-r", "-w", "--", *argv]
 
     def popen_in_ns(
         self, cmd: Sequence[str] | str, *, mounts: bool = True, **kwargs: Any
