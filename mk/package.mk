@@ -22,7 +22,8 @@ PKG_BUILD := $(PKG_TOP)/.build
 PKG_CACHE := $(PKG_TOP)/.cache
 PKG_SUITE := bookworm
 PKG_NAME := virtdeb
-PKG_VERSION := $(shell dpkg-parsechangelog -l $(PKG_TOP)/debian/changelog -S Version 2>/dev/null)
+# read with sed, not dpkg-parsechangelog: on a fresh machine dpkg-dev comes only with `deps`
+PKG_VERSION := $(shell sed -n "1s/^[^(]*(\([^)]*\)).*/\1/p" $(PKG_TOP)/debian/changelog)
 PKG_DEB := $(PKG_BUILD)/$(PKG_NAME)_$(PKG_VERSION)_all.deb
 # the version piuparts upgrades from (built from this tree, or PKG_PREV_DEB=...)
 PKG_OLD_VERSION ?= 0.0.9

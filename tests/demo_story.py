@@ -241,8 +241,8 @@ class Story:
         out = self.sh("virtdeb acl show")
         self.expect(READ_ONLY_USER in out, f"acl show does not name {READ_ONLY_USER}")
         self.sh("virtdeb doctor access")
-        self.facts["access"] = (f"{GROUP_USER} in group libvirt; {READ_ONLY_USER}"
-                                " read-only (polkit)")
+        self.facts["access"] = (f"{GROUP_USER} in group libvirt; acl: {READ_ONLY_USER}"
+                                " read-only (polkit rule)")
 
     def _guest_xml(self, name: str, cpu: str) -> str:
         return (f"<domain type='{self.virttype}'>\n  <name>{name}</name>\n"
@@ -324,7 +324,8 @@ class Story:
                  " fix and after the revert:")
         self.say(f"  {before[GUEST]}\n  {after[GUEST]}  (identical)")
         self.sh("virtdeb cpu-check", ok=(1,))
-        self.facts["cpu"] = (f"{GUEST} (+{len(CLONES)} sharing its CPU): hle, rtm missing;"
+        tcg = " (TCG)" if self.virttype == "qemu" else ""
+        self.facts["cpu"] = (f"{GUEST}{tcg} (+{len(CLONES)} sharing its CPU): hle, rtm missing;"
                              " fixed; revert byte for byte")
 
     def step_apt_hook(self) -> None:
