@@ -409,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
     t0 = time.monotonic()
     daemon = PrivateLibvirtd(root=args.image, overlay=True, start_timeout=120)
+    try:
+        daemon.start()
+    except PrivateLibvirtdError as exc:
+        first = str(exc).splitlines()[0]
+        sys.stderr.write(f"demo: cannot start the chroot's libvirtd in private namespaces:"
+                         f" {first}\n")
+        return 1
     with daemon:
         story = Story(daemon, args.deb, sys.stdout)
         ok = story.run()
