@@ -416,9 +416,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"demo: cannot start the chroot's libvirtd in private namespaces:"
                          f" {first}\n")
         return 1
-    with daemon:
+    try:
         story = Story(daemon, args.deb, sys.stdout)
         ok = story.run()
+    finally:
+        daemon.stop()
     seconds = time.monotonic() - t0
     left = host_leftovers(daemon, args.image)
     print("\n" + story.summary(seconds))
