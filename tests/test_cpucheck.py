@@ -1,8 +1,9 @@
-"""``virtdeb cpu-check`` against a real private libvirtd (AMD host: kvm, /dev/kvm).
+"""``virtdeb cpu-check`` against a real private libvirtd (kvm, /dev/kvm; AMD or Intel).
 
 Domains are defined (never started) whose custom CPU the host cannot give: by
-vendor (Haswell + Intel) and by missing features (the host-model CPU written
-out as custom plus ``hle`` and ``rtm``), beside compatible ones.
+vendor (the other vendor's model) and by missing features (the host-model CPU
+written out as custom plus two features the host lacks: ``hle`` and ``rtm``, or
+``fma4`` and ``xop`` on a host with TSX), beside compatible ones.
 """
 
 from __future__ import annotations
@@ -43,20 +44,46 @@ def host_model_as_custom(conn: Any, extra: str = "") -> str:
     return f"<cpu mode='custom' match='exact'>{''.join(parts)}{extra}</cpu>"
 
 
-TSX = "<feature policy='require' name='hle'/><feature policy='require' name='rtm'/>"
-HASWELL_INTEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"
-                 "<vendor>Intel</vendor></cpu>")
+# Two features the host CPU lacks, required by the "tsx" domains: TSX's hle and rtm where
+# the host has no TSX (AMD, or Intel with TSX off by microcode), else AMD's xop and fma4.
+CANDIDATES = (("hle", "rtm"), ("fma4", "xop"))
+# A CPU of the other vendor (domain "intel": Haswell from Intel on an AMD host, as on the
+# machines this was written on; EPYC from AMD on an Intel host).
+OTHER_VENDOR = {
+    "AMD": ("<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"
+            "<vendor>Intel</vendor></cpu>"),
+    "Intel": ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model>"
+              "<vendor>AMD</vendor></cpu>"),
+}
 PENTIUM3_LOOSE = ("<cpu mode='custom' match='minimum'><model fallback='allow'>pentium3</model>"
                   "</cpu>")
 
 
+def host_vendor(conn: Any) -> str:
+    caps = ET.fromstring(conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
+    return caps.findtext("cpu/mode[@name='host-model']/vendor") or "AMD"
+
+
 @pytest.fixture
-def domains(libvirt_conn: Any) -> dict[str, Any]:
+def missing(libvirt_conn: Any) -> tuple[str, str]:
+    caps = ET.fromstring(libvirt_conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
+    has = {f.get("name") for f in caps.findall("cpu/mode[@name='host-model']/feature")
+           if f.get("policy") == "require"}
+    flags = set(Path("/proc/cpuinfo").read_text().split())
+    for pair in CANDIDATES:
+        if not (set(pair) & (has | flags)):
+            return pair
+    pytest.fail(f"this host CPU has every feature of {CANDIDATES}: add a pair it lacks")
+
+
+@pytest.fixture
+def domains(libvirt_conn: Any, missing: tuple[str, str]) -> dict[str, Any]:
     conn = libvirt_conn
+    tsx = "".join(f"<feature policy='require' name='{n}'/>" for n in missing)
     defs = {
-        "tsx": host_model_as_custom(conn, TSX),
-        "tsx-twin": host_model_as_custom(conn, TSX),  # same definition: compared once
-        "intel": HASWELL_INTEL,
+        "tsx": host_model_as_custom(conn, tsx),
+        "tsx-twin": host_model_as_custom(conn, tsx),  # same definition: compared once
+        "intel": OTHER_VENDOR[host_vendor(conn)],
         "fits": host_model_as_custom(conn),
         "loose": PENTIUM3_LOOSE,
         "hostmodel": "<cpu mode='host-model'/>",
@@ -92,14 +119,15 @@ def compare(conn: Any, dom: Any) -> int:
 
 
 def test_report_names_missing_features_and_vendor(
-        libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+        libvirtd: Any, domains: dict[str, Any], missing: tuple[str, str], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     code, data = check_json(capsys, libvirtd.uri, tmp_path)
     assert code == 1
     got = by_name(data)
     assert got["tsx"]["compatible"] is False
-    assert got["tsx"]["missing_features"] == ["hle", "rtm"]
-    assert "Host CPU does not provide required features: hle, rtm" in got["tsx"]["message"]
+    assert sorted(got["tsx"]["missing_features"]) == list(missing)
+    assert "Host CPU does not provide required features: " in got["tsx"]["message"]
+    assert all(n in got["tsx"]["message"] for n in missing)
     assert got["tsx"]["vendor_mismatch"] is False
     assert got["tsx"]["fragile"] == ["fallback=forbid", "match=exact"]
     assert got["intel"]["compatible"] is False
@@ -113,12 +141,14 @@ def test_report_names_missing_features_and_vendor(
     assert data["compared"] == 4
 
 
-def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
+                                       missing: tuple[str, str], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "tsx", "fits")
     assert code == 1
-    assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: hle, rtm" in out
+    assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: " in out
+    assert all(n in out for n in missing)
     assert "fits (shut off, " in out and "intel" not in out
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "fits")
@@ -129,7 +159,7 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any], t
 @pytest.mark.parametrize("strategy", STRATEGIES)
 def test_fix_makes_compare_pass_and_revert_restores_bytes(
         strategy: str, libvirtd: Any, libvirt_conn: Any, domains: dict[str, Any],
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        missing: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conn = libvirt_conn
     broken = ["tsx", "tsx-twin", "intel"]
     before = {n: domains[n].XMLDesc(FLAGS) for n in domains}
@@ -148,13 +178,13 @@ def test_fix_makes_compare_pass_and_revert_restores_bytes(
     after_tsx = ET.fromstring(domains["tsx"].XMLDesc(FLAGS)).find("cpu")
     assert after_tsx is not None
     policies = {f.get("name"): f.get("policy") for f in after_tsx.findall("feature")}
-    assert policies["hle"] == policies["rtm"] == "disable"
+    assert policies[missing[0]] == policies[missing[1]] == "disable"
     if strategy == "disable-missing":
         old = ET.fromstring(before["tsx"]).find("cpu")
         assert old is not None
         old_policies = {f.get("name"): f.get("policy") for f in old.findall("feature")}
         assert {k: v for k, v in policies.items() if v != old_policies.get(k)} == {
-            "hle": "disable", "rtm": "disable"}  # exactly the missing ones
+            n: "disable" for n in missing}  # exactly the missing ones
     if strategy == "host-model":
         assert after_tsx.get("mode") == "host-model"
     if strategy == "model":
@@ -170,13 +200,13 @@ def test_fix_makes_compare_pass_and_revert_restores_bytes(
 
 
 def test_dry_run_shows_diff_defines_nothing(libvirtd: Any, domains: dict[str, Any],
-                                            tmp_path: Path,
+                                            missing: tuple[str, str], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     before = domains["tsx"].XMLDesc(FLAGS)
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "tsx", "--fix", "disable-missing", "--dry-run")
-    assert "-    <feature policy='require' name='hle'/>" in out
-    assert "+    <feature policy='disable' name='hle'/>" in out
+    assert f"-    <feature policy='require' name='{missing[0]}'/>" in out
+    assert f"+    <feature policy='disable' name='{missing[0]}'/>" in out
     assert "dry run: nothing defined" in out
     assert code == 1
     assert domains["tsx"].XMLDesc(FLAGS) == before
@@ -184,12 +214,14 @@ def test_dry_run_shows_diff_defines_nothing(libvirtd: Any, domains: dict[str, An
 
 
 def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
-                                           domains: dict[str, Any], tmp_path: Path,
+                                           domains: dict[str, Any], missing: tuple[str, str],
+                                           tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     check_json(capsys, libvirtd.uri, tmp_path, "--domain", "tsx", "--fix", "disable-missing")
     # The administrator edits the CPU again afterwards: revert must not clobber it.
-    edited = domains["tsx"].XMLDesc(FLAGS).replace("name='hle'", "name='hle'/><feature "
-                                                   "policy='disable' name='avx512f'", 1)
+    edited = domains["tsx"].XMLDesc(FLAGS).replace(
+        f"name='{missing[0]}'", f"name='{missing[0]}'/><feature policy='disable' name='avx512f'",
+        1)
     libvirt_conn.defineXML(edited)
     now = domains["tsx"].XMLDesc(FLAGS)
     code = cli.main(["revert", "--connect", libvirtd.uri, "--root", str(tmp_path)])
@@ -198,10 +230,12 @@ def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
     assert domains["tsx"].XMLDesc(FLAGS) == now
 
 
-def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], tmp_path: Path) -> None:
+def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], missing: tuple[str, str],
+                           tmp_path: Path) -> None:
     findings = Cpu(Host(root=tmp_path, uri=libvirtd.uri)).check()
     lines = {f.message.split(" ")[0]: f for f in findings}
-    assert lines["tsx"].status is Status.FAIL and "hle, rtm" in lines["tsx"].message
+    assert lines["tsx"].status is Status.FAIL
+    assert all(n in lines["tsx"].message for n in missing)
     assert lines["intel"].status is Status.FAIL
     assert lines["fits"].status is Status.NOTE  # fragile: fallback=forbid
     assert "loose" not in lines and "hostmodel" not in lines

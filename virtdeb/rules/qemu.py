@@ -30,6 +30,7 @@ from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import groups
+from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,14 @@ def driver_knows_key(host: Host) -> bool | None:
 def ethernet_domains(conn: Any) -> list[str]:
     """Names of the defined domains with an ``<interface type='ethernet'>``."""
     names = []
-    for dom in conn.listAllDomains(0):
-        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - trusted: from libvirtd
+    for dom in lv.domains(conn):
+        state = lv.domain_state(dom, 0)
+        if state is None:
+            continue  # undefined meanwhile
+        root = ET.fromstring(state[0])  # noqa: S314 - trusted: from libvirtd
         if any(i.get("type") == "ethernet" for i in root.iterfind("./devices/interface")):
             names.append(dom.name())
-    return sorted(names)
+    return names
 
 
 def _id_exists(value: str, names: dict[str, int]) -> bool:
