@@ -44,6 +44,8 @@ def make_root(tmp_path: Path, libvirt: str = "9.0.0-4") -> Path:
         (root / "bin" / nc).write_text("#!/bin/sh\n")
         os.chmod(root / "bin" / nc, 0o755)
     (root / "var/lib/dpkg/status").write_text(STATUS.format(libvirt=libvirt))
+    (root / "var/lib/dpkg/info").mkdir()
+    (root / "var/lib/dpkg/info/libvirt-daemon.list").write_text("/usr/sbin\n/usr/sbin/libvirtd\n")
     ua(root, "--install", "/bin/nc", "nc", "/bin/nc.openbsd", "50")
     ua(root, "--install", "/bin/nc", "nc", "/bin/nc.traditional", "60")
     return root

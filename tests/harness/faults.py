@@ -3,7 +3,7 @@ file changes on it, snapshots, and a fault injector.
 
 The root (:func:`build_root`) holds the conffiles virtdeb edits, as Debian ships
 them: ``/etc/libvirt/{qemu,libvirtd}.conf`` from this machine when dpkg says they
-are pristine (md5sum of the Conffiles field), else from the libvirt-daemon-system
+are pristine (md5sum of the Conffiles field of their owner), else from the owner's
 .deb cached in ``.cache/debs`` (``make safety-debs``); Xen 4.2's
 ``xend-config.sxp``; a ``bridge.conf``; ``/etc/group``, ``/etc/passwd``; a dpkg
 status naming the packages the rules look for; and ``/etc/virtdeb/virtdeb.conf``
@@ -47,6 +47,7 @@ from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
 from virtdeb.host import Host  # noqa: E402
 from virtdeb.journal import Journal  # noqa: E402
 from virtdeb.rules import load_all  # noqa: E402
+from virtdeb.system import dpkg  # noqa: E402
 
 PY = "/usr/bin/python3"
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -128,7 +129,10 @@ def conffiles() -> dict[str, bytes]:
     """Absolute path -> bytes of the real conffiles the root gets."""
     files: dict[str, bytes] = {}
     for path in ("/etc/libvirt/qemu.conf", "/etc/libvirt/libvirtd.conf"):
-        data = debian_conffile("libvirt-daemon-system", path)
+        # the owner by dpkg's file lists: libvirt-daemon-system on bookworm,
+        # libvirt-daemon-driver-qemu and libvirt-daemon on the split libvirt (trixie, sid)
+        package = dpkg.owner(Host(), path, dpkg.LIBVIRT_HINTS) or "libvirt-daemon-system"
+        data = debian_conffile(package, path)
         if data is not None:
             files[path] = data
     if XEND.exists():

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from itertools import chain
@@ -49,6 +48,7 @@ from virtdeb.effects.network import NetworkChange
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
 from virtdeb.system.libvirt import lookup_network, network_xmls
 
@@ -180,21 +180,39 @@ def other_subnets(host: Host, name: str) -> list[ipaddress.IPv4Network]:
 
 
 # -- packages -------------------------------------------------------------------
-_BACKEND = re.compile(r'^\s*firewall_backend\s*=\s*"([a-z]+)"', re.MULTILINE)
+NETWORK_LENS = "Libvirtd_network.lns"  # libvirt's own lens (libvirt >= 10.4)
+BACKENDS = ("iptables", "nftables")
+# libvirt >= 10.4 without firewall_backend takes the first backend present, in the
+# order Debian builds it with (network.conf: "[iptables, nftables]").
+FIREWALL_SINCE = "10.4"
+
+
+def firewall_backend(host: Host) -> str | None:
+    """``firewall_backend`` of /etc/libvirt/network.conf (through libvirt's lens), or None."""
+    if not host.path(NETWORK_CONF).exists():
+        return None
+    from virtdeb.edit import Editor
+
+    with Editor(host, NETWORK_CONF, NETWORK_LENS) as ed:
+        values = ed.values("firewall_backend")
+    return values[-1] if values else None
 
 
 def firewall_packages(host: Host) -> tuple[str, ...]:
-    """The packages of which one must be installed for libvirt's firewall backend."""
-    data = fsio.read_bytes(host.path(NETWORK_CONF), NETWORK_CONF)
-    match = _BACKEND.search(data.decode("utf-8", "replace")) if data else None
-    if match and match.group(1) in ("iptables", "nftables"):
-        return (match.group(1),)
-    version = host.version("libvirt-daemon-driver-network") or host.version("libvirt-daemon")
+    """The packages of which one must be installed for libvirt's firewall backend.
+
+    The one ``firewall_backend`` names; else, libvirt >= 10.4 takes iptables or
+    nftables, whichever is there; older libvirt (bookworm's 9.0) only iptables.
+    """
+    backend = firewall_backend(host)
+    if backend in BACKENDS:
+        return (backend,)
+    version = sysdpkg.libvirt_version(host)
     if version:
         from debian.debian_support import Version
 
-        if Version(version) >= Version("10.4"):
-            return ("nftables", "iptables")
+        if Version(version) >= Version(FIREWALL_SINCE):
+            return BACKENDS
     return ("iptables",)
 
 
@@ -229,7 +247,10 @@ class Network(Rule):
 
     def _check_packages(self) -> list[Finding]:
         missing = [p for p in PACKAGES if not self.host.installed(p)]
-        firewall = firewall_packages(self.host)
+        try:
+            firewall = firewall_packages(self.host)
+        except ParseError as exc:
+            return [self.finding(Status.WARN, f"cannot read {NETWORK_CONF}", exc.message)]
         if not any(self.host.installed(p) for p in firewall):
             missing.append(" or ".join(firewall))
         if missing:
