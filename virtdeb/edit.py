@@ -83,6 +83,17 @@ def created_marker(host: Host, rule: str, path: str) -> FileChange:
     return FileChange(rule, marker, before, b"", mode=0o644)
 
 
+def owned(host: Host, change: FileChange) -> list[FileChange]:
+    """``change`` of a file virtdeb owns, with its ownership marker when it creates the file.
+
+    The marker comes first: an apply interrupted between the two must not leave a
+    file virtdeb created without the marker that lets purge remove it.
+    """
+    if change.before is None and change.after is not None:
+        return [created_marker(host, change.rule, change.target), change]
+    return [change]
+
+
 def was_created(host: Host, path: str) -> bool:
     """Whether virtdeb created ``path`` (and its marker is still there)."""
     return host.path(CREATED_DIR + path).is_file()
@@ -117,16 +128,10 @@ class Editor:
 
     @property
     def changes(self) -> list[FileChange]:
-        """The change, and for a file virtdeb owns and creates, its ownership marker.
-
-        The marker comes first: an apply interrupted between the two must not
-        leave a file virtdeb created without the marker that lets purge remove it.
-        """
+        """The change, and for a file virtdeb owns and creates, its marker (:func:`owned`)."""
         if self.change is None:
             return []
-        if self.own and self.before is None:
-            return [created_marker(self.host, self.rule, self.path), self.change]
-        return [self.change]
+        return owned(self.host, self.change) if self.own else [self.change]
 
     def __enter__(self) -> Editor:
         self.before = fsio.read_bytes(self.host.path(self.path), self.path)
