@@ -199,6 +199,27 @@ class Editor:
     def values(self, rel: str) -> list[str | None]:
         return [_text(self.aug.get(p)) for p in self.aug.match(self._abs(rel))]
 
+    def last(self, key: str) -> str | None:
+        """The value of the last ``key``: the one the program reading the file takes
+        (libvirt, xend); None when the key is absent or has no value."""
+        values = self.values(key)
+        return values[-1] if values else None
+
+    def ensure(self, key: str, value: str, *, after: str | None = None) -> None:
+        """Set every occurrence of ``key`` to ``value`` (a duplicate must not undo it);
+        where there is none, add it after node ``after`` if given, else at the end."""
+        existing = self.match(key)
+        for rel in existing:
+            if self.get(rel) != value:
+                self.set(rel, value)
+        if existing:
+            return
+        if after is None:
+            self.set(f"{key}[last()+1]", value)
+        else:
+            self.insert(after, key, before=False)
+            self.set(f"{key}[last()]", value)
+
     def match(self, rel: str) -> list[str]:
         return [p[len(self.tree) + 1:] for p in self.aug.match(self._abs(rel))]
 

@@ -87,10 +87,7 @@ class Qemu(Rule):
         if not self.host.path(CONF).exists():
             return None
         with Editor(self.host, CONF, LENS) as ed:
-            user, group, clear = (ed.values(k) for k in ("user", "group", KEY))
-        return (user[-1] or DEFAULT_ID if user else DEFAULT_ID,
-                group[-1] or DEFAULT_ID if group else DEFAULT_ID,
-                clear[-1] if clear else None)
+            return ed.last("user") or DEFAULT_ID, ed.last("group") or DEFAULT_ID, ed.last(KEY)
 
     def check(self) -> list[Finding]:
         settings = self._settings()
@@ -147,15 +144,10 @@ class Qemu(Rule):
             log.info("qemu: this libvirt ignores %s; not changing %s", KEY, CONF)
             return []
         with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
-            existing = ed.match(KEY)
-            if existing:
-                for rel in existing:
-                    if ed.get(rel) != "0":
-                        ed.set(rel, "0")
-            else:
+            if not ed.match(KEY):
                 for line in COMMENT:
                     ed.set("#comment[last()+1]", line)
-                ed.set(f"{KEY}[last()+1]", "0")
+            ed.ensure(KEY, "0")
         for change in ed.changes:
             change.note = SECURITY_NOTE
         return list(ed.changes)
