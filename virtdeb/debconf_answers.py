@@ -15,7 +15,10 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from virtdeb.rules import Setting
 
 log = logging.getLogger(__name__)
 
@@ -24,33 +27,12 @@ class _DB(Protocol):
     def get(self, question: str) -> str: ...
 
 
-def _words(value: str) -> str:
-    """"a, b  c" (multiselect or a string list) -> "a b c"."""
-    return " ".join(value.replace(",", " ").split())
+def questions() -> dict[str, tuple[str, Setting]]:
+    """debconf question -> (virtdeb.conf "section.key", its Setting), from the declarations."""
+    from virtdeb.config import schema
 
-
-def _yes_no(value: str) -> str:
-    return "yes" if value.strip() == "true" else "no"
-
-
-def _one_of(*allowed: str) -> Callable[[str], str]:
-    def convert(value: str) -> str:
-        value = value.strip()
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-        return value
-    return convert
-
-
-# debconf question -> (virtdeb.conf "section.key", conversion)
-QUESTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "virtdeb/allow_edit": ("virtdeb.allow_edit", _words),
-    "virtdeb/access_users": ("access.users", _words),
-    "virtdeb/bridge_allow": ("bridge.allow", _words),
-    "virtdeb/xend_http_server": ("xend.http_server", _yes_no),
-    "virtdeb/network_autostart": ("network.autostart_default", _yes_no),
-    "virtdeb/cpu_on_microcode": ("cpu.on_microcode", _one_of("warn", "fix", "nothing")),
-}
+    return {s.question: (f"{section}.{key}", s) for section, keys in schema().items()
+            for key, s in keys.items() if s.question}
 
 
 def _open() -> tuple[Any, Callable[[], None]]:
@@ -87,14 +69,14 @@ def read_answers(db: _DB | None = None) -> dict[str, str]:
             return {}
     answers: dict[str, str] = {}
     try:
-        for question, (key, convert) in QUESTIONS.items():
+        for question, (key, setting) in questions().items():
             try:
                 raw = db.get(question)
             except Exception as exc:  # noqa: BLE001 - DebconfError(10): unknown question
                 log.debug("debconf %s: %s", question, exc)
                 continue
             try:
-                answers[key] = convert(raw)
+                answers[key] = setting.from_debconf(raw)
             except ValueError as exc:
                 log.warning("debconf %s: %s; ignored", question, exc)
     finally:

@@ -67,6 +67,7 @@ def logging_changes(host: Host, filters: str | None, outputs: str | None,
 class Debug(Rule):
     name = "debug"
     title = "libvirt logging"
+    postinst = False  # only on request: virtdeb debug --enable
 
     def check(self) -> list[Finding]:
         if not self.host.path(CONF).exists():

@@ -35,6 +35,7 @@ def has_ssh_helper(version: str | None) -> bool:
 class Ssh(Rule):
     name = "ssh"
     title = "nc for qemu+ssh:// clients"
+    triggers = ("/bin/nc.openbsd", "/usr/bin/nc.openbsd")  # netcat-openbsd's nc
 
     def check(self) -> list[Finding]:
         version = sysdpkg.libvirt_version(self.host)
