@@ -28,7 +28,28 @@ class Cpu(Rule):
                                        question="virtdeb/cpu_on_microcode")}
 
     def check(self) -> list[Finding]:
-        return self._domains() + self._microcode()
+        return self._domains() + self._microcode() + self._fleet()
+
+    def _fleet(self) -> list[Finding]:
+        """The fleet baseline saved here by ``virtdeb cpu-baseline --save``, if any."""
+        from virtdeb.cpu.microcode import STATE
+
+        if not self.host.path(f"{STATE}/fleet.json").exists():
+            return []  # the usual case: no import of the fleet engine
+        from virtdeb.cpu.baseline import FLEET_STATE, check_local
+
+        try:
+            result = check_local(self.host)
+        except VirtdebError as exc:
+            return [self.finding(Status.WARN, "cannot compare the saved fleet baseline:"
+                                 f" {exc.message}", "start libvirtd, or pass --connect URI")]
+        if result is None:
+            return []
+        if result["problems"]:
+            return [self.finding(Status.FAIL, p, "virtdeb cpu-baseline URI...")
+                    for p in result["problems"]]
+        return [self.finding(Status.PASS, f"this host gives the fleet's CPU baseline saved"
+                             f" {result['saved']} ({FLEET_STATE})")]
 
     # The engine is imported where it is used: config imports every rule for its
     # declarations, and doctor of another rule must not pay for the CPU engine.
