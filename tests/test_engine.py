@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from virtdeb import cli, fsio
-from virtdeb.config import Config, save_changes
+from virtdeb.config import Config
+from virtdeb.debconf_answers import save_changes
 from virtdeb.edit import Editor
 from virtdeb.effects import ConflictError
 from virtdeb.effects.file import FileChange

@@ -23,10 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from virtdeb import fsio
-from virtdeb.edit import Editor
-from virtdeb.effects import Change
 from virtdeb.errors import ParseError, UsageError
-from virtdeb.host import Host
 from virtdeb.rules import Setting, flag, words
 
 # The files of other packages virtdeb may edit only with the admin's say.
@@ -158,29 +155,3 @@ class Config:
         """Whether the admin allowed virtdeb to change this file of another package."""
         allowed = {FOREIGN_FILES[name] for name in self.words("virtdeb", "allow_edit")}
         return abspath in allowed
-
-
-
-HEADER = ("virtdeb configuration, see virtdeb(8). dpkg-reconfigure virtdeb writes the"
-          " answers here; your own edits and comments are kept.")
-
-
-def save_changes(host: Host, settings: Mapping[str, str], rule: str = "config") -> list[Change]:
-    """The edit of /etc/virtdeb/virtdeb.conf that records ``settings`` (section.key -> value).
-
-    Only settings whose value differs from what the file says now are written;
-    a new file gets every setting, so it documents itself.  Comments stay.
-    """
-    current = Config.load(host.config_path)
-    shown = current.path
-    with Editor(host, shown, "Virtdebconf.lns", rule=rule) as ed:
-        if not ed.exists:
-            ed.set("#comment", HEADER)
-        for dotted, value in settings.items():
-            section, key = check_setting(dotted, value, "debconf")
-            value = " ".join(value.split())
-            if ed.exists and current.get(section, key) == value:
-                continue
-            existing = ed.match(f"{section}/{key}")  # at most one: Config.load checked
-            ed.set(existing[0] if existing else f"{section}/{key}", value or None)
-    return list(ed.changes)

@@ -2,7 +2,8 @@
 
 The templates are in debian/templates; debian/config puts the values of
 /etc/virtdeb/virtdeb.conf into debconf before asking (the file is the truth),
-and ``virtdeb.maint`` writes these answers back into the file.
+and ``virtdeb.maint`` writes these answers back into the file
+(:func:`save_changes`).
 
 Under a debconf frontend (a maintainer script that sourced confmodule, which
 sets ``DEBIAN_HAS_FRONTEND``) the protocol runs on stdin and fd 3; elsewhere
@@ -18,6 +19,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from virtdeb.effects import Change
+    from virtdeb.host import Host
     from virtdeb.rules import Setting
 
 log = logging.getLogger(__name__)
@@ -85,3 +90,31 @@ def read_answers(db: _DB | None = None) -> dict[str, str]:
         except Exception:  # noqa: BLE001, S110 - closing a finished pipe
             pass
     return answers
+
+
+HEADER = ("virtdeb configuration, see virtdeb(8). dpkg-reconfigure virtdeb writes the"
+          " answers here; your own edits and comments are kept.")
+
+
+def save_changes(host: Host, settings: Mapping[str, str], rule: str = "config") -> list[Change]:
+    """The edit of /etc/virtdeb/virtdeb.conf that records ``settings`` (section.key -> value).
+
+    Only settings whose value differs from what the file says now are written;
+    a new file gets every setting, so it documents itself.  Comments stay.
+    """
+    from virtdeb.config import Config, check_setting
+    from virtdeb.edit import Editor
+
+    current = Config.load(host.config_path)
+    shown = current.path
+    with Editor(host, shown, "Virtdebconf.lns", rule=rule) as ed:
+        if not ed.exists:
+            ed.set("#comment", HEADER)
+        for dotted, value in settings.items():
+            section, key = check_setting(dotted, value, "debconf")
+            value = " ".join(value.split())
+            if ed.exists and current.get(section, key) == value:
+                continue
+            existing = ed.match(f"{section}/{key}")  # at most one: Config.load checked
+            ed.set(existing[0] if existing else f"{section}/{key}", value or None)
+    return list(ed.changes)

@@ -82,8 +82,8 @@ def save_answers(host: Host) -> Host:
     An answer that is not valid is reported and left out; the file keeps its value.
     Only under debconf (the postinst sourced confmodule): run by hand, the file rules.
     """
-    from virtdeb.config import check_setting, save_changes
-    from virtdeb.debconf_answers import read_answers
+    from virtdeb.config import check_setting
+    from virtdeb.debconf_answers import read_answers, save_changes
 
     if "DEBIAN_HAS_FRONTEND" not in os.environ:
         return host
