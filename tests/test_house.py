@@ -94,6 +94,18 @@ def test_debian_templates_are_the_declared_questions() -> None:
         assert dotted.split(".")[1] in schema()[dotted.split(".")[0]]
 
 
+@source_tree
+def test_debian_config_reads_back_and_asks_every_question() -> None:
+    """debian/config (sh: it runs before python3 may exist) puts each declared setting's
+    value from virtdeb.conf into its question, then asks it."""
+    text = (TOP / "debian/config").read_text(encoding="utf-8")
+    for question, (dotted, _setting) in questions().items():
+        section, key = dotted.split(".")
+        assert re.search(rf"conf_get {section} {key}\b", text), dotted
+        assert re.search(rf"db_set {re.escape(question)}\b", text), question
+        assert re.search(rf"db_input \w+ {re.escape(question)}\b", text), question
+
+
 def test_postinst_and_trigger_rules_come_from_the_rules() -> None:
     assert maint.configure_rules() == [n for n, r in load_all().items() if r.postinst]
     assert "debug" not in maint.configure_rules()
