@@ -114,17 +114,10 @@ def test_postinst_and_trigger_rules_come_from_the_rules() -> None:
 
 
 # -- the layout -----------------------------------------------------------------------
-# Known exceptions, each with its reason; a new one fails the test.
-LONG_ON_PURPOSE = {
-    "cpu/baseline.py": "issue 14's fleet engine, written in parallel with this layout; to split"
-                       " by job (fleet survey, drift, report) once it settles",
-}
-
-
 def test_no_module_is_over_450_lines() -> None:
     long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
             if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
-    assert set(long) <= set(LONG_ON_PURPOSE), long
+    assert long == {}
 
 
 def test_every_change_kind_is_in_effects() -> None:

@@ -134,7 +134,7 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
 
 def fleet_check(host: Host) -> dict[str, Any] | None:
     """The saved fleet baseline (``virtdeb cpu-baseline --save``) against this host now."""
-    from virtdeb.cpu.baseline import check_local  # it imports this module
+    from virtdeb.cpu.drift import check_local  # it imports this module
 
     try:
         result = check_local(host)

@@ -36,7 +36,7 @@ class Cpu(Rule):
 
         if not self.host.path(f"{STATE}/fleet.json").exists():
             return []  # the usual case: no import of the fleet engine
-        from virtdeb.cpu.baseline import FLEET_STATE, check_local
+        from virtdeb.cpu.drift import FLEET_STATE, check_local
 
         try:
             result = check_local(self.host)
