@@ -15,6 +15,7 @@ from virtdeb.cpu.xml import (
     parse_incompatible,
 )
 from virtdeb.errors import LibvirtError
+from virtdeb.system import libvirt as lv
 
 BASELINE_MIGRATABLE = 2  # VIR_CONNECT_BASELINE_CPU_MIGRATABLE
 BASELINE_EXPAND = 1  # VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES
@@ -61,7 +62,7 @@ class LibvirtHost:
         self._version = ""
 
     def _error(self, exc: Any, what: str) -> LibvirtError:
-        return LibvirtError(f"{self.uri}: {what}: {exc.get_error_message()}")
+        return lv.error(exc, f"{self.uri}: {what}")
 
     def open(self) -> None:
         import libvirt
