@@ -17,7 +17,7 @@ FLEET_TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
 FLEET_ENV := env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	HOME=$${HOME:-/root} LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
 FLEET_SUITES := bookworm trixie
-FLEET_PKGS := libvirt-daemon-system,libvirt-clients,qemu-system-x86,openssh-server,python3,python3-apt,netcat-openbsd,augeas-lenses,python3-augeas,python3-debconf,python3-debian,python3-libvirt,debconf-utils
+FLEET_PKGS := libvirt-daemon-system,dnsmasq-base,bridge-utils,iptables,libvirt-clients,qemu-system-x86,openssh-server,python3,python3-apt,netcat-openbsd,augeas-lenses,python3-augeas,python3-debconf,python3-debian,python3-libvirt,debconf-utils
 FLEET_PKGS_trixie := ,libvirt-daemon-driver-qemu
 FLEET_BUILD := $(FLEET_TOP)/.build/ansible
 # ansible-galaxy and ansible-lint keep their caches and temporary files in .build/
