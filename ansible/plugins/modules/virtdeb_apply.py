@@ -75,6 +75,8 @@ stdout:
   type: str
 """
 
+import os
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtdeb.libvirt_host.plugins.module_utils.virtdeb import (
     VirtdebOutputError,
@@ -96,6 +98,10 @@ def main():
     )
     if not module.params["rules"]:
         module.fail_json(msg="rules: name at least one rule")
+    if module.check_mode and not os.path.exists(module.params["executable"]):
+        # a host the same play would install virtdeb on: nothing to ask yet
+        module.exit_json(changed=True, changes=0, stdout="", msg="%s is not installed yet"
+                         % module.params["executable"])
     argv = apply_argv(module.params["executable"], module.params, module.check_mode)
     rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C.UTF-8"})
     if rc != 0:
