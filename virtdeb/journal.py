@@ -17,7 +17,20 @@ from pathlib import Path
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import KINDS, Change
+
+# Every kind of change, so that revert finds the kind of each record.
+from virtdeb.effects import (  # noqa: F401 - imported for their registration
+    KINDS,
+    Change,
+    alternative,
+    capability,
+    domain,
+    file,
+    group,
+    network,
+    service,
+    statoverride,
+)
 from virtdeb.errors import ParseError, SystemCommandError, UsageError
 from virtdeb.host import Host
 
@@ -94,9 +107,6 @@ class Journal:
 
     def revert(self, entry_id: str | None = None) -> tuple[Entry, list[str]]:
         """Undo one entry (default: the newest not yet reverted), last change first."""
-        from virtdeb.rules import load_all
-
-        load_all()  # every Change kind lives in a rule module or an adapter it imports
         entries = self.entries()
         if entry_id is None:
             live = [e for e in entries if e.status != "reverted"]

@@ -17,8 +17,9 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from virtdeb import cpucheck
-from virtdeb.changes import Change, FileChange
+from virtdeb.cpu import microcode
+from virtdeb.effects import Change
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
 from virtdeb.journal import Journal
@@ -159,16 +160,16 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
         host = save_answers(host)
         run_rules(host, CONFIGURE_RULES, "postinst configure")
         with reported("cpu"):  # the baseline the boot unit compares with, recorded once
-            cpucheck.ensure_baseline(host)
+            microcode.ensure_baseline(host)
     elif action == "triggered":
         wanted = rules_for_triggers(args[1:])
         run_rules(host, wanted, "postinst triggered")
         if "cpu" in wanted:  # baseline, marker for the next boot, a check now
             with reported("cpu"):
-                cpucheck.microcode_triggered(host, " ".join(args[1:]).split())
+                microcode.microcode_triggered(host, " ".join(args[1:]).split())
     elif action == "boot":  # the boot unit: check the domains' CPUs if something changed
         with reported("cpu"):
-            cpucheck.boot(host)
+            microcode.boot(host)
     else:
         print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
         return 2
