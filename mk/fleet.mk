@@ -6,9 +6,10 @@
 #   make fleet-images   bookworm and trixie roots for the fleet test's hosts
 #                       (.cache/fleet-SUITE: libvirt, qemu, sshd, python3-apt and
 #                       virtdeb's dependencies; virtdeb itself is installed by the role)
-#   make fleet          tests/test_fleet.py: three hosts (network namespaces on a private
-#                       bridge, overlay roots, own sshd + libvirtd), the role run twice over
-#                       real SSH, facts, cpu-baseline over qemu+ssh://
+#   make fleet          tests/test_fleet.py alone (make check runs it within `unit`): three
+#                       hosts (network namespaces on a private bridge, overlay roots, own
+#                       sshd + libvirtd), the role over real SSH, facts, cpu-baseline over
+#                       qemu+ssh://
 #
 # Nothing here changes the host outside .cache/, .build/, temporary directories and the
 # test's own network and mount namespaces, which it removes.
@@ -26,7 +27,10 @@ FLEET_ANSIBLE_ENV := $(FLEET_ENV) HOME=$(FLEET_BUILD)/home XDG_CACHE_HOME=$(FLEE
 
 .PHONY: ansible-check fleet-images fleet
 
+# tests/test_fleet.py is part of the pytest run of `unit` (it needs the images and the .deb
+# that `check` builds before unit); `make fleet` runs it alone.
 check: ansible-check
+unit: fleet-images
 
 # The collection is built, installed into a scratch collections path, and the playbooks
 # and ansible-lint resolve the role and module from there (as an admin's install would).
