@@ -237,39 +237,43 @@ def _compare(fleet: Fleet, index: int, cpu_xml: str) -> subprocess.CompletedProc
     return _virsh(fleet, index, "hypervisor-cpu-compare", "--error", str(f), check=False)
 
 
-def _host_features(fleet: Fleet, index: int) -> tuple[str, list[str]]:
+def _host_features(fleet: Fleet, index: int) -> tuple[str, list[str], list[str]]:
+    """The host-model CPU of a host: model, required features, disabled features."""
     caps = ET.fromstring(_virsh(fleet, index, "domcapabilities", "--virttype", "kvm").stdout)
     hm = caps.find("./cpu/mode[@name='host-model']")
     assert hm is not None
-    model = hm.findtext("model") or ""
-    return model, [f.get("name", "") for f in hm.findall("feature")
-                   if f.get("policy") != "disable"]
+    feats = [(f.get("name", ""), f.get("policy")) for f in hm.findall("feature")]
+    return (hm.findtext("model") or "", [n for n, p in feats if p != "disable"],
+            [n for n, p in feats if p == "disable"])
 
 
-def _cpu(model: str, features: list[str]) -> str:
+def _cpu(model: str, features: list[str], disabled: tuple[str, ...] | list[str] = ()) -> str:
     return (f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model>"
-            + "".join(f"<feature policy='require' name='{n}'/>" for n in features) + "</cpu>")
+            + "".join(f"<feature policy='require' name='{n}'/>" for n in features)
+            + "".join(f"<feature policy='disable' name='{n}'/>" for n in disabled)
+            + "</cpu>")
 
 
-def _feature_only_h2_lacks(fleet: Fleet) -> tuple[str, list[str]]:
+def _feature_only_h2_lacks(fleet: Fleet) -> tuple[str, list[str], list[str]]:
     """A CPU h1 and h3 (trixie) give and h2 (bookworm) refuses for missing features.
 
     All hosts share this machine's CPU, but bookworm's qemu 7.2 exposes fewer features than
-    trixie's 10.0 (seen: erms, fsrm, ...). Only features bookworm's libvirt knows count
-    (others give "Unknown CPU feature", not "missing").
+    trixie's 10.0 (seen: erms, fsrm). Only features bookworm's libvirt knows count (others
+    give "Unknown CPU feature", not "missing"). The model's own features the trixie host
+    disables are disabled in the guest too. Returns (model, features, disabled).
     """
-    model, trixie = _host_features(fleet, 0)
-    _, bookworm = _host_features(fleet, 1)
+    model, trixie, disabled = _host_features(fleet, 0)
+    _, bookworm, _ = _host_features(fleet, 1)
     found = []
     for name in [f for f in trixie if f not in bookworm]:
-        res = _compare(fleet, 1, _cpu(model, [name]))
+        res = _compare(fleet, 1, _cpu(model, [name], disabled))
         if "does not provide" in res.stdout + res.stderr:
             found.append(name)
         if len(found) == 2:
             break
     assert found, (f"no feature of trixie's host-model ({trixie}) is both known to and"
                    f" missing on bookworm's ({bookworm}): cannot make the 'cannot move' case")
-    return model, found
+    return model, found, disabled
 
 
 def _baseline_report(res: subprocess.CompletedProcess[str]) -> list[str]:
@@ -303,9 +307,9 @@ def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansi
         assert cmp.returncode == 0, cmp.stdout + cmp.stderr
         _say(f"baseline CPU on {h.name}: {cmp.stdout.strip()}")
     # a guest on h1 with a CPU h2 cannot give
-    model, missing = _feature_only_h2_lacks(fleet)
+    model, missing, disabled = _feature_only_h2_lacks(fleet)
     dom = fleet.scratch / "fleet-nomove.xml"
-    dom.write_text(_domain_xml("fleet-nomove", _cpu(model, missing)))
+    dom.write_text(_domain_xml("fleet-nomove", _cpu(model, missing, disabled)))
     _virsh(fleet, 0, "define", str(dom))
     res = ansible.playbook("fleet_baseline.yml", ok_rc=(0, 2))
     lines = _baseline_report(res)

@@ -80,12 +80,12 @@ def _alive(pid: int) -> bool:
     return not state[state.rfind(")") + 2:].startswith(("Z", "X"))
 
 
-def kill_netns(*namespaces: str, timeout: float = 10.0) -> list[int]:
-    """SIGTERM every process of NAMESPACES, SIGKILL after 2 s; the pids still alive after."""
+def kill_netns(*namespaces: str, timeout: float = 10.0, spare: Sequence[int] = ()) -> list[int]:
+    """SIGTERM every process of NAMESPACES but SPARE, SIGKILL after 2 s; those still alive."""
     deadline = time.monotonic() + timeout
     first = time.monotonic()
     while True:
-        pids = [p for ns in namespaces for p in netns_pids(ns) if _alive(p)]
+        pids = [p for ns in namespaces for p in netns_pids(ns) if _alive(p) and p not in spare]
         if not pids or time.monotonic() > deadline:
             return pids
         sig = signal.SIGTERM if time.monotonic() - first < 2 else signal.SIGKILL
@@ -291,6 +291,12 @@ class Fleet:
                 except Exception as exc:  # noqa: BLE001 - go on with the others
                     problems.append(f"{h.name}: {exc}")
 
+        # the clients first (ssh masters, sshd and its sessions, virt-ssh-helper): a
+        # libvirtd with open connections may take long to stop
+        kill_netns(*self._namespaces)
+        hosts_ns = [h.netns for h in self.hosts if h.daemon is not None and h.daemon.pid]
+        daemons = [h.daemon.pid for h in self.hosts if h.daemon is not None and h.daemon.pid]
+        kill_netns(*hosts_ns, spare=[p for p in daemons if p is not None])
         # in parallel: each stop waits up to 5 s for init to reap the daemons' orphans
         threads = [threading.Thread(target=stop_host, args=(h,)) for h in self.hosts]
         for t in threads:
