@@ -219,6 +219,21 @@ def test_facts_read_back(fleet: Fleet, ansible: Ansible) -> None:
              + " ".join(f"{k}={v}" for k, v in sorted(fact["counts"].items())))
 
 
+def test_qemu_ssh_through_virt_ssh_helper_and_nc(fleet: Fleet) -> None:
+    """README.Debian's SSH section for real: both remote sides libvirt can use."""
+    for h in fleet.hosts:
+        for proxy, remote in (("native", "virt-ssh-helper"), ("netcat", "nc")):
+            before = fleet.ssh_log.read_text() if fleet.ssh_log.exists() else ""
+            res = fleet.ctl(["virsh", "-c", fleet.uri(h, proxy), "version", "--daemon"])
+            calls = fleet.ssh_log.read_text()[len(before):]
+            assert re.search(rf"\b{re.escape(remote)}\b", calls), calls
+            assert proxy != "netcat" or "libvirt-sock" in calls, calls
+            daemon = re.search(r"Running against daemon: (\S+)", res.stdout)
+            assert daemon, res.stdout
+            _say(f"{h.name} qemu+ssh:// proxy={proxy}: remote {remote}, libvirtd"
+                 f" {daemon.group(1)} answers")
+
+
 # ---------------------------------------------------------------- the fleet's CPU
 def _domain_xml(name: str, cpu_xml: str) -> str:
     return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>"

@@ -163,6 +163,7 @@ class Fleet:
         self.key = self.scratch / "id_ed25519"
         self.known_hosts = self.scratch / "known_hosts"
         self.ssh_wrapper = self.scratch / "ssh"
+        self.ssh_log = self.scratch / "ssh.log"  # the wrapper's argv, one line per call
         self._namespaces: list[str] = []
         self._host_dirs: list[str] = []  # the PrivateLibvirtd scratch dirs, for leftovers()
         self.timings: dict[str, float] = {}
@@ -275,6 +276,7 @@ class Fleet:
         q = shlex.quote
         self.ssh_wrapper.write_text(
             "#!/bin/sh\n"
+            f"printf '%s\\n' \"$*\" >> {q(str(self.ssh_log))}\n"
             f"exec ssh -i {q(str(self.key))} -o UserKnownHostsFile={q(str(self.known_hosts))}"
             " -o StrictHostKeyChecking=yes -o BatchMode=yes -o IdentitiesOnly=yes"
             " -F /dev/null \"$@\"\n")
@@ -350,9 +352,13 @@ class Fleet:
         return _run(["ip", "netns", "exec", self.controller, *argv], env=_env(env),
                     check=check, timeout=timeout)
 
-    def uri(self, h: FleetHost) -> str:
-        """qemu+ssh:// of H from the controller (its ssh through the test's wrapper)."""
-        return f"qemu+ssh://root@{h.addr}/system?command={self.ssh_wrapper}"
+    def uri(self, h: FleetHost, proxy: str | None = None) -> str:
+        """qemu+ssh:// of H from the controller (its ssh through the test's wrapper).
+
+        PROXY: libvirt's remote side, ``native`` (virt-ssh-helper) or ``netcat`` (nc -U).
+        """
+        extra = f"&proxy={proxy}" if proxy else ""
+        return f"qemu+ssh://root@{h.addr}/system?command={self.ssh_wrapper}{extra}"
 
     def inventory(self) -> str:
         lines = ["[libvirt_hosts]"]
