@@ -313,6 +313,9 @@ def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansi
     assert all(h["ok"] for h in result["hosts"]), result["hosts"]
     base = result["baseline"]
     assert base["cpu_xml"] and sorted(base["accepted_by"]) == sorted(uris), base
+    _say(f"controller: virtdeb cpu-baseline --json over {len(uris)} qemu+ssh:// hosts:"
+         f" {base['model']} with {len(base['features'])} features, accepted by"
+         f" {len(base['accepted_by'])} of {len(uris)} ({result['seconds']:.2f} s)")
     # a guest with the baseline CPU on h1: every host's own compareHypervisorCPU accepts it
     dom = fleet.scratch / "fleet-base.xml"
     dom.write_text(_domain_xml("fleet-base", base["cpu_xml"]))
