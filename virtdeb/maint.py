@@ -97,7 +97,27 @@ def save_answers(host: Host) -> Host:
         answers[key] = value
     if answers:
         Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
+    mark_synced(host)
     return Host(root=host.root)
+
+
+# sha256 of virtdeb.conf as the postinst last wrote it from debconf: debian/config imports
+# the file's values into debconf only when the file differs (the admin edited it since), so
+# an answer changed in debconf (debconf-set-selections, Ansible's debconf module) followed
+# by dpkg-reconfigure is not overwritten by the file's older value.
+SYNCED = "/var/lib/virtdeb/conf.sha256"
+
+
+def mark_synced(host: Host) -> None:
+    import hashlib
+
+    from virtdeb import fsio
+
+    data = fsio.read_bytes(host.config_path, "/etc/virtdeb/virtdeb.conf")
+    if data is None:
+        return
+    fsio.atomic_write(host.path(SYNCED), (hashlib.sha256(data).hexdigest() + "\n").encode(),
+                      SYNCED)
 
 
 def rules_for_triggers(names: Sequence[str]) -> list[str]:
