@@ -98,7 +98,7 @@ class Journal:
         for path in sorted(self.dir.glob("*.json")):
             shown = f"/var/lib/virtdeb/journal/{path.name}"
             try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
+                raw = json.loads(fsio.read_bytes(path, shown) or b"")
                 out.append(Entry(raw["id"], raw["command"], raw["status"], raw["records"]))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ParseError(shown, None, None, f"unreadable journal entry ({exc})",

@@ -1,7 +1,8 @@
 """Rule ``access`` (README.Debian "Access Control"): the ``libvirt`` group.
 
 Membership in the ``libvirt`` system group lets a user manage the system
-libvirtd (polkit rule of libvirt-daemon-system).  The group is created the way
+libvirtd (libvirt's polkit rule 60-libvirt.rules: of libvirt-daemon-system in
+Debian 12, of libvirt-daemon-common in 13 and later).  The group is created the way
 ``addgroup --system libvirt`` would (first free GID in adduser's system range)
 and the users named in ``[access] users`` are made members, in /etc/group and
 /etc/gshadow.  Membership is root-equivalent: libvirt's whole API, including
@@ -16,7 +17,7 @@ from __future__ import annotations
 from virtdeb.effects import Change
 from virtdeb.effects.group import ensure_group, set_members
 from virtdeb.errors import UsageError
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, flag, register, words
 from virtdeb.system import groups
 
 GROUP = "libvirt"
@@ -41,6 +42,7 @@ def checked_users(host_users: dict[str, int], names: list[str], regex: str,
 class Access(Rule):
     name = "access"
     title = "libvirt group and its members"
+    settings = {"users": words(question="virtdeb/access_users"), "prune": flag("no")}
 
     def _wanted(self) -> list[str]:
         users = self.host.config.words("access", "users")
