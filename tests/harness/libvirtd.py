@@ -138,7 +138,7 @@ VETH = ("vdA", "vdB")
 # kept here between daemons and runs (libvirt itself invalidates a stale entry: it checks
 # the qemu and libvirtd ctimes, kernel, microcode). Set the variable to "" to disable.
 CAPS_CACHE_ENV = "VIRTDEB_TEST_QEMU_CAPS"
-CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[1] / ".cache/qemu-capabilities")
+CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[2] / ".cache/qemu-capabilities")
 
 
 class PrivateLibvirtdError(RuntimeError):

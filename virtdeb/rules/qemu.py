@@ -128,8 +128,8 @@ class Qemu(Rule):
         from virtdeb.system import kvm  # here: only this part of doctor needs it
 
         if not self.host.path("/dev").is_dir():
-            return [self.finding(Status.NA, f"no /dev in {self.host.root}: KVM devices not"
-                                 " checked", "they are checked on the running system")]
+            return [self.finding(Status.NA, "no /dev in this root: KVM devices not checked",
+                                 "they are checked on the running system")]
         out = []
         hw = kvm.hardware_virtualization(self.host)
         st = kvm.char_device(self.host, kvm.KVM)
