@@ -39,10 +39,11 @@ unit: deps
 
 test: lint unit
 
-# Everything: lint and types, the package, pytest (unit and integration; the
-# chroots let the apt tests run real apt with the built package), lintian,
-# autopkgtest and piuparts.
-check: lint package image safety-image demo-image unit lintian autopkgtest piuparts
+# Everything: lint and types, the package (built once), and for each of SUITES
+# (bookworm trixie sid, mk/suites.mk) pytest (unit and integration) inside that
+# suite's chroot, its lintian, autopkgtest and piuparts; the chroots let the apt
+# tests run real apt with the built package.  `make unit` runs pytest on the host.
+check: lint package image safety-image demo-image suites upgrade-test
 check-full: check
 
 clean:

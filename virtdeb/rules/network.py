@@ -47,10 +47,10 @@ from virtdeb.effects.file import FileChange
 from virtdeb.effects.network import NetworkChange
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, flag, register
 from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
-from virtdeb.system.libvirt import lookup_network, network_call
+from virtdeb.system.libvirt import lookup_network, network_xmls
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +175,8 @@ def read_template(host: Host) -> str:
 # -- libvirt --------------------------------------------------------------------
 def other_subnets(host: Host, name: str) -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets of every other libvirt network, active or not."""
-    conn = host.connect()
-    out = []
-    for other in network_call("list", conn.listAllNetworks):
-        if other.name() == name:
-            continue
-        subnet = xml_subnet(network_call(other.name(), other.XMLDesc, 0))
-        if subnet is not None:
-            out.append(subnet)
-    return out
+    subnets = (xml_subnet(xml) for other, xml in network_xmls(host).items() if other != name)
+    return [s for s in subnets if s is not None]
 
 
 # -- packages -------------------------------------------------------------------
@@ -248,6 +241,8 @@ def _state_bytes(defined_by_virtdeb: bool) -> bytes:
 class Network(Rule):
     name = "network"
     title = "the default NAT network"
+    settings = {"autostart_default": flag("yes", question="virtdeb/network_autostart"),
+                "recreate_default": flag("no")}
 
     def check(self) -> list[Finding]:
         return self._check_network() + self._check_packages()

@@ -28,8 +28,9 @@ from virtdeb.edit import Editor
 from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, choice, register
 from virtdeb.system import groups
+from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,14 @@ def driver_knows_key(host: Host) -> bool | None:
 def ethernet_domains(conn: Any) -> list[str]:
     """Names of the defined domains with an ``<interface type='ethernet'>``."""
     names = []
-    for dom in conn.listAllDomains(0):
-        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - trusted: from libvirtd
+    for dom in lv.domains(conn):
+        state = lv.domain_state(dom, 0)
+        if state is None:
+            continue  # undefined meanwhile
+        root = ET.fromstring(state[0])  # noqa: S314 - trusted: from libvirtd
         if any(i.get("type") == "ethernet" for i in root.iterfind("./devices/interface")):
             names.append(dom.name())
-    return sorted(names)
+    return names
 
 
 def _id_exists(value: str, names: dict[str, int]) -> bool:
@@ -78,15 +82,13 @@ def _id_exists(value: str, names: dict[str, int]) -> bool:
 class Qemu(Rule):
     name = "qemu"
     title = "QEMU user, group and capabilities"
+    settings = {"clear_emulator_capabilities": choice("keep", ("keep", "0"))}
 
     def _settings(self) -> tuple[str, str, str | None] | None:
         if not self.host.path(CONF).exists():
             return None
         with Editor(self.host, CONF, LENS) as ed:
-            user, group, clear = (ed.values(k) for k in ("user", "group", KEY))
-        return (user[-1] or DEFAULT_ID if user else DEFAULT_ID,
-                group[-1] or DEFAULT_ID if group else DEFAULT_ID,
-                clear[-1] if clear else None)
+            return ed.last("user") or DEFAULT_ID, ed.last("group") or DEFAULT_ID, ed.last(KEY)
 
     def check(self) -> list[Finding]:
         settings = self._settings()
@@ -143,15 +145,10 @@ class Qemu(Rule):
             log.info("qemu: this libvirt ignores %s; not changing %s", KEY, CONF)
             return []
         with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
-            existing = ed.match(KEY)
-            if existing:
-                for rel in existing:
-                    if ed.get(rel) != "0":
-                        ed.set(rel, "0")
-            else:
+            if not ed.match(KEY):
                 for line in COMMENT:
                     ed.set("#comment[last()+1]", line)
-                ed.set(f"{KEY}[last()+1]", "0")
+            ed.ensure(KEY, "0")
         for change in ed.changes:
             change.note = SECURITY_NOTE
         return list(ed.changes)
