@@ -371,12 +371,21 @@ def test_fail_on_fail_only_when_asked(fleet: Fleet, ansible: Ansible) -> None:
     cpu = _cpu("kvm64", ["hle", "rtm", "avx512-vp2intersect"])
     dom.write_text(_domain_xml("fleet-broken", cpu))
     _virsh(fleet, 1, "define", str(dom))
-    r = recap(ansible.playbook("report.yml"))
+    res = ansible.playbook("report.yml")
+    r = recap(res)
     assert all(v["failed"] == 0 for v in r.values()), r
+    assert re.search(r"FAIL=1 .*FAIL cpu: ", res.stdout), res.stdout
     res = ansible.playbook("report.yml", extra={"virtdeb_fail_on_fail": True}, ok_rc=(2,))
     r = recap(res)
     _say(f"report.yml virtdeb_fail_on_fail=true: {_counts(r)}")
     assert r["h2"]["failed"] == 1 and r["h1"]["failed"] == r["h3"]["failed"] == 0, r
+    # the role itself, asked to
+    extra = {**ROLE_VARS, "virtdeb_bridge_allow": ["br0", "br1"], "virtdeb_fail_on_fail": True}
+    res = ansible.playbook("site.yml", extra=extra, ok_rc=(2,))
+    r = recap(res)
+    _say(f"site.yml virtdeb_fail_on_fail=true: {_counts(r)}")
+    assert r["h2"]["failed"] == 1 and r["h1"]["failed"] == r["h3"]["failed"] == 0, r
+    assert re.search(r"fatal: \[h2\]: FAILED!.*virtdeb doctor: cpu: ", res.stdout), res.stdout
 
 
 def test_zz_everything_removed(fleet: Fleet, ansible: Ansible) -> None:
