@@ -101,7 +101,7 @@ def test_debian_config_reads_back_and_asks_every_question() -> None:
     text = (TOP / "debian/config").read_text(encoding="utf-8")
     for question, (dotted, _setting) in questions().items():
         section, key = dotted.split(".")
-        assert re.search(rf"conf_get {section} {key}\b", text), dotted
+        assert re.search(rf"(conf|file)_get {section} {key}\b", text), dotted
         assert re.search(rf"db_set {re.escape(question)}\b", text), question
         assert re.search(rf"db_input \w+ {re.escape(question)}\b", text), question
 
