@@ -96,3 +96,35 @@ class NetworkChange(Change):
             net.destroy()
             done.append("stopped")
         return f"libvirt network {name}: {', '.join(done) or 'already as before'}"
+
+
+@dataclass
+class NetworkMove(NetworkChange):
+    """Redefine an inactive network on another subnet (same name and UUID), start it and
+    mark it autostart; revert stops it and defines the previous XML again."""
+
+    kind: ClassVar[str] = "libvirt-network-move"
+
+    def _current(self, host: Host) -> Any:
+        net = lookup_network(host, self.target)
+        if net is None or net.UUIDString() != self.uuid:
+            raise ConflictError(f"libvirt network {self.target}: removed or replaced while"
+                                " virtdeb was planning; run the command again")
+        if net.isActive():
+            raise ConflictError(f"libvirt network {self.target}: started while virtdeb was"
+                                " planning; run the command again")
+        return net
+
+    @classmethod
+    def undo(cls, host: Host, record: Record) -> str:
+        name = record["target"]
+        net = lookup_network(host, name)
+        if net is None or net.UUIDString() != record["uuid"]:
+            raise ConflictError(f"libvirt network {name}: removed or replaced since virtdeb"
+                                " moved it; not reverted")
+        if net.isActive():
+            net.destroy()
+        if net.autostart() and not record["autostart"]:
+            net.setAutostart(0)
+        call(f"libvirt network {name} (define)", host.connect().networkDefineXML, record["xml"])
+        return f"libvirt network {name}: stopped, its previous definition defined again"

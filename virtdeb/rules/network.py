@@ -44,13 +44,13 @@ from typing import Any
 from virtdeb import fsio
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
-from virtdeb.effects.network import NetworkChange
+from virtdeb.effects.network import NetworkChange, NetworkMove
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, flag, register
 from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
-from virtdeb.system.libvirt import lookup_network, network_xmls
+from virtdeb.system.libvirt import lookup_network, module, network_xmls
 
 log = logging.getLogger(__name__)
 
@@ -187,6 +187,23 @@ BACKENDS = ("iptables", "nftables")
 FIREWALL_SINCE = "10.4"
 
 
+def collision(host: Host, net: Any) -> tuple[ipaddress.IPv4Network,
+                                             list[ipaddress.IPv4Network]] | None:
+    """(subnet, used) when NET's subnet overlaps an address or route of the host or another
+    libvirt network (only meaningful while NET is inactive: then its bridge has no
+    address), else None."""
+    subnet = xml_subnet(net.XMLDesc(module().VIR_NETWORK_XML_INACTIVE))
+    if subnet is None:
+        return None
+    try:
+        used = sysnet.used_networks(host, other_subnets(host, NAME))
+    except VirtdebError as exc:
+        log.info("network: cannot list the host's addresses and routes: %s", exc)
+        return None
+    taken = [n for n in used if n.version == 4 and n.prefixlen >= MIN_PREFIX]
+    return (subnet, used) if any(subnet.overlaps(n) for n in taken) else None
+
+
 def firewall_backend(host: Host) -> str | None:
     """``firewall_backend`` of /etc/libvirt/network.conf (through libvirt's lens), or None."""
     if not host.path(NETWORK_CONF).exists():
@@ -280,8 +297,14 @@ class Network(Rule):
             return [self.finding(Status.FAIL, f"network '{NAME}' is not defined",
                                  f"virtdeb apply network defines it from {TEMPLATE}{checking}")]
         out = []
+        clash = None if active or net is None else collision(self.host, net)
         if active:
             out.append(self.finding(Status.PASS, f"network '{NAME}' is active"))
+        elif clash is not None:
+            out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active: its subnet"
+                                    f" {clash[0]} is in use on this host",
+                                    f"virtdeb apply network moves it to {pick_subnet(clash[1])}"
+                                    f" (or: virsh net-edit {NAME}){checking}"))
         else:
             out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active",
                                     f"virtdeb apply network (virsh net-start {NAME}){checking}"))
@@ -307,13 +330,26 @@ class Network(Rule):
             changes.append(self._define())
             defined_by_virtdeb = True
         elif not net.isActive() or not net.autostart():
-            changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
-                                         start=not net.isActive(),
-                                         autostart=not net.autostart()))
+            clash = None if net.isActive() else collision(self.host, net)
+            if clash is not None and (state is None or defined_by_virtdeb):
+                # libvirt's own definition (or virtdeb's) cannot start where it is: move it
+                changes.append(self._move(net, *clash))
+            else:
+                changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
+                                             start=not net.isActive(),
+                                             autostart=not net.autostart()))
         after = _state_bytes(defined_by_virtdeb)
         if before != after:
             changes.append(FileChange(self.name, STATE, before, after, mode=0o644))
         return changes
+
+    def _move(self, net: Any, subnet: ipaddress.IPv4Network,
+              used: list[ipaddress.IPv4Network]) -> NetworkChange:
+        new = pick_subnet(used, subnet)
+        xml = network_xml(net.XMLDesc(module().VIR_NETWORK_XML_INACTIVE), new,
+                          net.UUIDString(), f"network {NAME}")
+        return NetworkMove(self.name, NAME, net.UUIDString(), define_xml=xml,
+                           note=f" moved from {subnet} (in use on this host) to {new}")
 
     def _define(self) -> NetworkChange:
         import uuid  # here: doctor never needs it

@@ -96,6 +96,7 @@ class Qemu(Rule):
             return [self.finding(Status.NA, f"no {CONF}", "the QEMU driver is not installed")]
         user, group, clear = settings
         out = self._identity(user, group)
+        out += self._kvm_host(user, group)
         try:
             names = ethernet_domains(self.host.connect())
         except LibvirtError as exc:
@@ -120,6 +121,52 @@ class Qemu(Rule):
                 out.append(self.finding(Status.FAIL, f"qemu.conf {what} {value!r} does not"
                                         " exist", f"domains cannot start: create it, or fix"
                                         f" {what} in {CONF}"))
+        return out
+
+    def _kvm_host(self, user: str, group: str) -> list[Finding]:
+        """virt-host-validate qemu's checks for a KVM host (virtdeb/system/kvm.py)."""
+        from virtdeb.system import kvm  # here: only this part of doctor needs it
+
+        if not self.host.path("/dev").is_dir():
+            return [self.finding(Status.NA, "no /dev in this root: KVM devices not checked",
+                                 "they are checked on the running system")]
+        out = []
+        hw = kvm.hardware_virtualization(self.host)
+        st = kvm.char_device(self.host, kvm.KVM)
+        if hw:
+            out.append(self.finding(Status.PASS, f"hardware virtualization ({hw})"))
+        elif hw == "" and st is not None:
+            out.append(self.finding(Status.NOTE, f"no vmx/svm flag in {kvm.CPUINFO}, but"
+                                    f" {kvm.KVM} exists", "a virtual machine with nested"
+                                    " KVM: guests still get KVM"))
+        elif hw == "":
+            # as virt-host-validate: a host without it has no KVM to check
+            out.append(self.finding(Status.FAIL, "no hardware virtualization (vmx/svm) in"
+                                    f" {kvm.CPUINFO} and no {kvm.KVM}", "only emulated CPUs"
+                                    " (TCG), much slower: enable VT-x/AMD-V in the firmware"))
+        if hw or st is not None:
+            if st is None:
+                out.append(self.finding(Status.FAIL, f"{kvm.KVM} does not exist",
+                                        "load kvm_intel or kvm_amd (modprobe) and enable"
+                                        " virtualization in the firmware"))
+            else:
+                who = kvm.qemu_identity(self.host, user, group)
+                why = kvm.usable(self.host, kvm.KVM, st, who)
+                if why is None:
+                    out.append(self.finding(Status.PASS, f"{kvm.KVM} is usable by QEMU"
+                                            f" ({who.name})"))
+                else:
+                    out.append(self.finding(Status.FAIL, f"{kvm.KVM} is not usable by QEMU"
+                                            f" ({who.name}): {why}", "Debian's udev rule"
+                                            " makes it 0660 root:kvm; QEMU's user must be"
+                                            " in group kvm"))
+        for path, status, hint in (
+                (kvm.VHOST_NET, Status.WARN, "modprobe vhost_net: faster virtio networking"),
+                (kvm.TUN, Status.FAIL, "modprobe tun: guests' networking needs it")):
+            if kvm.char_device(self.host, path) is None:
+                out.append(self.finding(status, f"{path} does not exist", hint))
+            else:
+                out.append(self.finding(Status.PASS, f"{path} exists"))
         return out
 
     def _capabilities(self, names: list[str], clear: str | None) -> Finding:
