@@ -20,6 +20,9 @@ from virtdeb.commands.options import show_and_apply
 from virtdeb.effects.file import FileChange
 from virtdeb.host import Host
 
+# the collection is in the source tree, not in the package: not for autopkgtest's unit run
+pytestmark = pytest.mark.integration
+
 MODULE_UTILS = Path(__file__).resolve().parent.parent / "ansible/plugins/module_utils/virtdeb.py"
 
 

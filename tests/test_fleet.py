@@ -206,6 +206,32 @@ def test_debconf_answer_change_reconfigures(fleet: Fleet, ansible: Ansible) -> N
         assert "bridge_allow: br0 br1" in shown, shown
 
 
+def test_install_from_an_apt_repository(fleet: Fleet, ansible: Ansible) -> None:
+    """h3 purged and its apt sources gone; the role installs from a file: repository."""
+    h3 = fleet.hosts[2]
+    built = fleet.scratch / "repo"  # (dpkg-scanpackages finds nothing under /proc/PID/root)
+    built.mkdir()
+    shutil.copy(_deb(), built)
+    packages = subprocess.run(["dpkg-scanpackages", ".", "/dev/null"], cwd=built,
+                              capture_output=True, text=True, check=True).stdout
+    assert "Package: virtdeb" in packages, packages
+    (built / "Packages").write_text(packages)
+    shutil.copytree(built, h3.path("/srv/virtdeb-repo"))
+    h3.run("dpkg --purge virtdeb && rm -f /etc/apt/sources.list /etc/apt/sources.list.d/*")
+    extra = {**ROLE_VARS, "virtdeb_bridge_allow": ["br0", "br1"],
+             "virtdeb_apt_repository": "deb [trusted=yes] file:/srv/virtdeb-repo ./"}
+    first = recap(ansible.playbook("site.yml", "--limit", "h3", extra=extra))
+    again = recap(ansible.playbook("site.yml", "--limit", "h3", extra=extra))
+    _say(f"h3 purged, from an apt repository: {_counts(first)}; again: {_counts(again)}")
+    assert first["h3"]["changed"] > 0 and first["h3"]["failed"] == 0, first
+    assert again["h3"]["changed"] == 0 and again["h3"]["failed"] == 0, again
+    assert h3.run(["dpkg-query", "-W", "-f", "${Status}", "virtdeb"]).stdout == \
+        "install ok installed"
+    assert "file:/srv/virtdeb-repo" in h3.path("/etc/apt/sources.list.d/virtdeb.list").read_text()
+    assert re.search(r"^allow\s*=\s*br0 br1\s*$",
+                     h3.path("/etc/virtdeb/virtdeb.conf").read_text(), re.M)
+
+
 def test_facts_read_back(fleet: Fleet, ansible: Ansible) -> None:
     facts = ansible.adhoc("-m", "ansible.builtin.setup", "-a", "filter=ansible_local")
     version = _deb().name.split("_")[1]
@@ -345,12 +371,21 @@ def test_fail_on_fail_only_when_asked(fleet: Fleet, ansible: Ansible) -> None:
     cpu = _cpu("kvm64", ["hle", "rtm", "avx512-vp2intersect"])
     dom.write_text(_domain_xml("fleet-broken", cpu))
     _virsh(fleet, 1, "define", str(dom))
-    r = recap(ansible.playbook("report.yml"))
+    res = ansible.playbook("report.yml")
+    r = recap(res)
     assert all(v["failed"] == 0 for v in r.values()), r
+    assert re.search(r"FAIL=1 .*FAIL cpu: ", res.stdout), res.stdout
     res = ansible.playbook("report.yml", extra={"virtdeb_fail_on_fail": True}, ok_rc=(2,))
     r = recap(res)
     _say(f"report.yml virtdeb_fail_on_fail=true: {_counts(r)}")
     assert r["h2"]["failed"] == 1 and r["h1"]["failed"] == r["h3"]["failed"] == 0, r
+    # the role itself, asked to
+    extra = {**ROLE_VARS, "virtdeb_bridge_allow": ["br0", "br1"], "virtdeb_fail_on_fail": True}
+    res = ansible.playbook("site.yml", extra=extra, ok_rc=(2,))
+    r = recap(res)
+    _say(f"site.yml virtdeb_fail_on_fail=true: {_counts(r)}")
+    assert r["h2"]["failed"] == 1 and r["h1"]["failed"] == r["h3"]["failed"] == 0, r
+    assert re.search(r"fatal: \[h2\]: FAILED!.*virtdeb doctor: cpu: ", res.stdout), res.stdout
 
 
 def test_zz_everything_removed(fleet: Fleet, ansible: Ansible) -> None:

@@ -131,6 +131,14 @@ def test_every_change_kind_is_in_effects() -> None:
     assert outside == []
 
 
+def test_the_journal_imports_every_effect() -> None:
+    """revert finds a record's kind only if its module was imported: the journal imports
+    every module of effects/ itself."""
+    kinds = {f"virtdeb.effects.{p.stem}" for p in (PACKAGE / "effects").glob("*.py")
+             if p.stem != "__init__"}
+    assert kinds and kinds <= imported(modules()["virtdeb/journal.py"])
+
+
 def test_the_journal_imports_no_rule_and_only_main_imports_cli() -> None:
     trees = modules()
     assert not [m for m in imported(trees["virtdeb/journal.py"]) if m.startswith("virtdeb.rules")]

@@ -15,8 +15,9 @@ namespace. sshd runs beside it in the same namespaces and chroot (``popen_in_ns`
 Network: a "switch" namespace ``vdfleet-<pid>-sw`` holds a bridge; every host and the
 controller (``vdfleet-<pid>-ctl``, where ansible, ssh and virsh run) get a veth pair whose
 outer end is created directly in the switch namespace and enslaved to the bridge. The
-addresses are from 192.0.2.0/24 (TEST-NET-1, RFC 5737, never routed) and exist only inside
-those namespaces: the host's own namespace gets no interface, no address, no route.
+addresses are from a /24 of 198.18.0.0/15 (RFC 2544, never routed) that overlaps nothing
+of the machine's own network, and exist only inside those namespaces: the machine's own
+namespace gets no interface, no address, no route.
 
 Teardown (``stop()``, also on errors, idempotent): every host's PrivateLibvirtd.stop()
 (every process of its namespace: libvirtd, virtlogd, sshd and its sessions, dnsmasq; the
@@ -29,6 +30,8 @@ directories).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import os
 import re
 import shlex
@@ -46,8 +49,10 @@ from tests.harness.libvirtd import PrivateLibvirtd, netns_pids
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdfleet-"
-SUBNET = "192.0.2"  # TEST-NET-1: documentation only, routed nowhere
-CONTROLLER_ADDR = f"{SUBNET}.2"
+# The fleet's /24 comes from 198.18.0.0/15 (RFC 2544, benchmarking, routed nowhere): the
+# first one that overlaps no route and no address of the machine (whose own network may
+# well be a documentation prefix: this one's is 192.0.2.0/24).
+CANDIDATES = ipaddress.ip_network("198.18.0.0/15")
 _NAME_RE = re.compile(rf"^{PREFIX}(\d+)-")
 
 
@@ -70,6 +75,24 @@ def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,
     if check and res.returncode != 0:
         raise FleetError(f"{shlex.join(argv)}: exit {res.returncode}\n{res.stdout}{res.stderr}")
     return res
+
+
+def pick_subnet() -> ipaddress.IPv4Network:
+    """A /24 of CANDIDATES that no route or address of this machine's namespace touches."""
+    used = []
+    for argv in (["ip", "-j", "-4", "route", "show", "table", "all"],
+                 ["ip", "-j", "-4", "addr", "show"]):
+        data = json.loads(_run(argv).stdout or "[]")
+        for entry in data:
+            dst = entry.get("dst")
+            if dst and dst != "default":
+                used.append(ipaddress.ip_network(dst, strict=False))
+            for a in entry.get("addr_info", []):
+                used.append(ipaddress.ip_network(f"{a['local']}/{a['prefixlen']}", strict=False))
+    for net in CANDIDATES.subnets(new_prefix=24):
+        if not any(net.overlaps(u) for u in used):
+            return net
+    raise FleetError(f"every /24 of {CANDIDATES} overlaps a route or address of this machine")
 
 
 def _alive(pid: int) -> bool:
@@ -157,7 +180,9 @@ class Fleet:
         self.scratch = Path(tempfile.gettempdir(), f"{self.tag}-{os.urandom(3).hex()}")
         self.switch = f"{self.tag}-sw"
         self.controller = f"{self.tag}-ctl"
-        self.hosts = [FleetHost(name=f"h{i}", suite=s, addr=f"{SUBNET}.{10 + i}",
+        self.subnet = pick_subnet()
+        self.controller_addr = str(self.subnet[2])
+        self.hosts = [FleetHost(name=f"h{i}", suite=s, addr=str(self.subnet[10 + i]),
                                 image=images / f"fleet-{s}")
                       for i, s in enumerate(suites, start=1)]
         self.key = self.scratch / "id_ed25519"
@@ -189,7 +214,7 @@ class Fleet:
             _run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
             _run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
             self._netns(self.controller)
-            self._plug(self.controller, "ctl", CONTROLLER_ADDR)
+            self._plug(self.controller, "ctl", self.controller_addr)
             for h in self.hosts:
                 self._start_host(h)
             for h in self.hosts:
