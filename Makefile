@@ -11,7 +11,7 @@ DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian
 	python3-debconf python3-pytest python3-hypothesis python3-mypy python3-venv \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	bridge-utils iptables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \
-	apt-listchanges
+	apt-listchanges ansible-core ansible-lint openssh-client
 
 .PHONY: all deps lint unit test check check-full demo bench clean
 all: check

@@ -79,6 +79,13 @@ def make_dirs(real: Path, mode: int = 0o755) -> None:
         os.chmod(directory, mode)  # mkdir's mode is masked by the umask
 
 
+def _unlink_if_there(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -> None:
     """Replace ``real`` with ``data`` atomically; create parents (0755) as needed."""
     check_writable(real, shown)
@@ -90,10 +97,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
         make_dirs(real.parent)
         check_writable(real, shown)
         tmp = real.parent / f".{real.name}.virtdeb-new"
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_if_there(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
@@ -108,10 +112,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
                 os.fsync(fh.fileno())
             os.replace(tmp, real)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _unlink_if_there(tmp)
             raise
         dfd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
