@@ -1,7 +1,8 @@
 #!/bin/sh
 # mk/in-chroot.sh CHROOT TREE CMD...: run CMD as root inside the chroot CHROOT
 # (a suite's .cache/SUITE-test), with a copy of the source tree TREE at /src
-# (the current directory of CMD) and the tree's .cache/ and .build/ read-only there.
+# (the current directory of CMD), the tree's .build/ read-only there and its .cache/
+# through a throwaway overlay (what tests add to it goes with the namespace).
 #
 # Everything is mounted inside a private mount namespace (unshare -m), so every
 # mount goes with the namespace when CMD ends: CHROOT on itself (its / must be a
@@ -33,12 +34,18 @@ exec unshare --mount --propagation private -- sh -eu -c '
     (cd "$T" && git ls-files -z --cached --others --exclude-standard \
         | xargs -0 sh -c "for f; do [ -e \"\$f\" ] || [ -L \"\$f\" ] && printf \"%s\\0\" \"\$f\"; done" sh \
         | tar --null -T - -cf -) | tar -C "$R/src" -xf -
-    for d in .cache .build; do
-        if [ -d "$T/$d" ]; then
-            mkdir -p "$R/src/$d"
-            mount --bind -o ro "$T/$d" "$R/src/$d"
-        fi
-    done
+    # .build read-only; .cache (images, caches tests keep between tests) through an
+    # overlay whose upper layer is in /src'"'"'s tmpfs: tests may add to it, the tree'"'"'s
+    # .cache never changes
+    if [ -d "$T/.build" ]; then
+        mkdir -p "$R/src/.build"
+        mount --bind -o ro "$T/.build" "$R/src/.build"
+    fi
+    if [ -d "$T/.cache" ]; then
+        mkdir -p "$R/src/.cache" "$R/src/.overlay/upper" "$R/src/.overlay/work"
+        mount -t overlay overlay -o "lowerdir=$T/.cache,upperdir=$R/src/.overlay/upper,workdir=$R/src/.overlay/work" \
+            "$R/src/.cache"
+    fi
     cp /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
     set +e
     chroot "$R" env -i PATH="$PATH" HOME=/root LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
