@@ -1,12 +1,14 @@
 """The ``virtdeb`` command: thin argparse over the rules, the journal and the report.
 
 Exit codes: 0 all well; 1 a check FAILed or an operation failed; 2 usage or
-input error (a malformed file, an unknown rule).
+input error (a malformed file, an unknown rule); 75 busy: another virtdeb held
+the lock for longer than ``--wait`` (nothing was changed).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import sys
@@ -45,7 +47,8 @@ def host_from(args: argparse.Namespace) -> Host:
     return Host(root=Path(args.root), uri=args.connect or DEFAULT_URI, overrides=overrides)
 
 
-def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True,
+                     writes: bool = True) -> None:
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="act on the system installed under DIR (default /)")
     parser.add_argument("--connect", "-c", metavar="URI",
@@ -53,6 +56,20 @@ def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True) ->
     if config:
         parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                             help="override a virtdeb.conf value for this run")
+    if writes:
+        parser.add_argument("--wait", type=float, metavar="SECONDS",
+                            help="wait this long for another virtdeb to finish (default"
+                                 " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
+
+
+def locked(host: Host, args: argparse.Namespace, *,
+           writes: bool = True) -> contextlib.AbstractContextManager[None]:
+    """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false."""
+    if not writes or getattr(args, "dry_run", False):
+        return contextlib.nullcontext()
+    from virtdeb.journal import Journal
+
+    return Journal(host).locked(wait=getattr(args, "wait", None))
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -93,10 +110,11 @@ def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_r
 def cmd_apply(args: argparse.Namespace) -> int:
     host = host_from(args)
     rules = select(args.rules)
-    changes = [c for rule in rules for c in rule(host).plan()]
     names = " ".join(r.name for r in rules)
-    show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
-                   unchanged=f"the host already matches ({names})")
+    with locked(host, args):  # plan from the bytes on disk once no other virtdeb writes
+        changes = [c for rule in rules for c in rule(host).plan()]
+        show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
+                       unchanged=f"the host already matches ({names})")
     return 0
 
 
@@ -112,7 +130,8 @@ def cmd_revert(args: argparse.Namespace) -> int:
         for e in entries:
             print(f"{e.id}  {e.status:<8}  {e.command}: {', '.join(e.targets())}")
         return 0
-    entry, messages = journal.revert(args.id)
+    with locked(host, args):
+        entry, messages = journal.revert(args.id, connect=args.connect)
     for message in messages:
         print(message)
     print(f"reverted journal entry {entry.id} ({entry.command})")
@@ -129,7 +148,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     rules_help = f"rules to run (default all: {', '.join(ORDER)})"
 
     p = sub.add_parser("doctor", help="check the host, change nothing")
-    add_host_options(p)
+    add_host_options(p, writes=False)
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="show only WARN and FAIL")
     p.add_argument("rules", nargs="*", metavar="RULE", help=rules_help)
@@ -142,7 +161,8 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     p.add_argument("rules", nargs="+", metavar="RULE", help=rules_help)
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("revert", help="undo the last apply, or the one named by ID")
+    p = sub.add_parser("revert", help="undo the last apply, or the one named by ID;"
+                       " libvirt changes on the URI they were made on (unless --connect)")
     add_host_options(p, config=False)
     p.add_argument("--list", action="store_true", help="list the journal")
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
@@ -174,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VirtdebError as exc:
-        print(f"virtdeb: error: {exc.message}", file=sys.stderr)
+        print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("virtdeb: interrupted", file=sys.stderr)

@@ -646,24 +646,25 @@ def summary(reports: Sequence[DomainReport], calls: int) -> str:
 
 
 def cmd_cpu_check(args: argparse.Namespace) -> int:
-    from virtdeb.cli import host_from
+    from virtdeb.cli import host_from, locked
 
     host = host_from(args)
     names = [n for group in args.domain for n in group]
-    progress = Progress(sys.stderr, "comparing CPUs")
-    try:
-        reports, comparer = inspect(host.connect(), names, progress)
-    finally:
-        progress.done()
-    calls = comparer.calls
     fixed: list[tuple[str, Verdict]] = []
     entry_id = None
-    if args.fix:
-        changes, entry_id = fix_all(host, reports, args.fix, comparer,
-                                    f"cpu-check --fix {args.fix}", args.dry_run,
-                                    None if args.json else sys.stdout)
-        if entry_id:
-            fixed = verify(host.connect(), changes)
+    with locked(host, args, writes=bool(args.fix)):  # a fix is planned under the lock
+        progress = Progress(sys.stderr, "comparing CPUs")
+        try:
+            reports, comparer = inspect(host.connect(), names, progress)
+        finally:
+            progress.done()
+        calls = comparer.calls
+        if args.fix:
+            changes, entry_id = fix_all(host, reports, args.fix, comparer,
+                                        f"cpu-check --fix {args.fix}", args.dry_run,
+                                        None if args.json else sys.stdout)
+            if entry_id:
+                fixed = verify(host.connect(), changes)
     if args.json:
         json.dump({"domains": [r.as_json() for r in reports],
                    "compared": calls, "journal": entry_id,

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from virtdeb import cpucheck
+from virtdeb import cpucheck, lock
 from virtdeb.changes import Change, FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
@@ -128,31 +128,60 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     if not args:
         print("usage: maint configure [OLDVERSION] | triggered TRIGGERS | boot", file=sys.stderr)
         return 2
+    action = args[0]
+    if action not in ("configure", "triggered", "boot"):
+        print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
+        return 2
     host = Host(root=Path(root))
+    try:
+        # one lock around the whole action: the plans are made under it; a dpkg
+        # that a locked virtdeb started runs this under that virtdeb's lock
+        with Journal(host).locked(f"maint {' '.join(args)}",
+                                  lock.wait_seconds(None, lock.MAINT_WAIT)):
+            return _run(host, action, args[1:])
+    except lock.BusyError as exc:
+        log.warning("busy: %s; %s", exc.message, _not_done(action, args[1:]))
+        return 0  # never fail dpkg because the admin's virtdeb is running
+    except VirtdebError as exc:  # the lock itself, or $VIRTDEB_LOCK_WAIT
+        print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        host.close()
+
+
+def _not_done(action: str, rest: Sequence[str]) -> str:
+    if action == "configure":
+        return "postinst configure did not apply the rules: run dpkg-reconfigure virtdeb"
+    if action == "boot":
+        return "the CPU models were not checked: run virtdeb cpu-check"
+    rules = " ".join(rules_for_triggers(rest)) or "RULE"
+    return f"the trigger did not re-apply its rules: run virtdeb apply {rules}"
+
+
+def _run(host: Host, action: str, rest: Sequence[str]) -> int:
     try:
         host.config  # noqa: B018 - a broken config file is the one fatal error
     except VirtdebError as exc:
         print(f"virtdeb: error: {exc.message}", file=sys.stderr)
         return 1
-    action = args[0]
     if action == "configure":
-        host = save_answers(host)
-        run_rules(host, CONFIGURE_RULES, "postinst configure")
-        with reported("cpu"):  # the baseline the boot unit compares with, recorded once
-            cpucheck.ensure_baseline(host)
+        answered = save_answers(host)
+        try:
+            run_rules(answered, CONFIGURE_RULES, "postinst configure")
+            with reported("cpu"):  # the baseline the boot unit compares with, recorded once
+                cpucheck.ensure_baseline(answered)
+        finally:
+            if answered is not host:
+                answered.close()
     elif action == "triggered":
-        wanted = rules_for_triggers(args[1:])
+        wanted = rules_for_triggers(rest)
         run_rules(host, wanted, "postinst triggered")
         if "cpu" in wanted:  # baseline, marker for the next boot, a check now
             with reported("cpu"):
-                cpucheck.microcode_triggered(host, " ".join(args[1:]).split())
-    elif action == "boot":  # the boot unit: check the domains' CPUs if something changed
+                cpucheck.microcode_triggered(host, " ".join(rest).split())
+    else:  # boot, the boot unit: check the domains' CPUs if something changed
         with reported("cpu"):
             cpucheck.boot(host)
-    else:
-        print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
-        return 2
-    host.close()
     return 0
 
 
