@@ -20,7 +20,7 @@ from pathlib import Path
 from virtdeb import cpucheck, lock
 from virtdeb.changes import Change, FileChange
 from virtdeb.errors import VirtdebError
-from virtdeb.host import Host
+from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
 from virtdeb.rules import RULES, load_all
 
@@ -101,7 +101,7 @@ def save_answers(host: Host) -> Host:
         answers[key] = value
     if answers:
         Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
-    return Host(root=host.root)
+    return Host(root=host.root, uri=host.uri, netns=host.netns)
 
 
 def rules_for_triggers(names: Sequence[str]) -> list[str]:
@@ -122,7 +122,7 @@ def reported(rule: str) -> Iterator[None]:
         log.warning("%s: %s", rule, exc.message)
 
 
-def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
+def main(argv: Sequence[str] | None = None, root: str = "/", uri: str = DEFAULT_URI) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="virtdeb: %(message)s")
     if not args:
@@ -132,7 +132,7 @@ def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
     if action not in ("configure", "triggered", "boot"):
         print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
         return 2
-    host = Host(root=Path(root))
+    host = Host(root=Path(root), uri=uri)
     try:
         # one lock around the whole action: the plans are made under it; a dpkg
         # that a locked virtdeb started runs this under that virtdeb's lock
