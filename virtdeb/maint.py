@@ -154,8 +154,10 @@ def _not_done(action: str, rest: Sequence[str]) -> str:
         return "postinst configure did not apply the rules: run dpkg-reconfigure virtdeb"
     if action == "boot":
         return "the CPU models were not checked: run virtdeb cpu-check"
-    rules = " ".join(rules_for_triggers(rest)) or "RULE"
-    return f"the trigger did not re-apply its rules: run virtdeb apply {rules}"
+    rules = rules_for_triggers(rest)
+    then = "; then virtdeb cpu-check" if "cpu" in rules else ""
+    return (f"the trigger did not re-apply its rules: run virtdeb apply"
+            f" {' '.join(rules) or 'RULE'}{then}")
 
 
 def _run(host: Host, action: str, rest: Sequence[str]) -> int:
