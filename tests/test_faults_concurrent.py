@@ -27,6 +27,7 @@ import random
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -129,11 +130,17 @@ def one_round(seed: int, pristine: Path, work: Path) -> tuple[list[str], dict[st
                               env.get("VIRTDEB_LOCK_WAIT"))]
     victim = rng.choice(waiting or [0])
     procs = []
-    for kind, argv, env in ops:
+    killer = None
+    for i, (kind, argv, env) in enumerate(ops):
         time.sleep(rng.uniform(0, 0.15))
         procs.append((kind, subprocess.Popen(argv, cwd=fl.TOP, env=env, text=True,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)))
-    kill_while_holding(procs[victim][1], root, rng.uniform(0, 0.3))
+        if i == victim:  # watch it from its start
+            killer = threading.Thread(target=kill_while_holding,
+                                      args=(procs[i][1], root, rng.uniform(0, 0.1)))
+            killer.start()
+    assert killer is not None
+    killer.join()
     problems, counts = [], {"applied": 0, "reverted": 0, "busy": 0, "killed": 0}
     for i, (kind, proc) in enumerate(procs):
         out, err = proc.communicate(timeout=300)
@@ -211,6 +218,6 @@ def test_random_interleavings(tmp_path: Path, request: pytest.FixtureRequest) ->
     fl.say(request, f"faults[concurrent]: {rounds} round(s) of {OPS} processes (seeds"
                     f" {seed0}..{seed0 + rounds - 1}): {t('applied', 0)} applied,"
                     f" {t('reverted', 0)} reverted, {t('busy', 0)} busy, {t('killed', 0)}"
-                    f" SIGKILLed holding the lock ({t('pending', 0)} mid-apply),"
+                    f" SIGKILLed holding the lock ({t('pending', 0)} entries left pending),"
                     f" {t('entries', 0)} journal entries; {passed} round(s) passed")
     assert failures == [], "\n".join(failures[:20])
