@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,10 +88,15 @@ class Journal:
                 entry.id = f"{stamp}-{n + 1}"
         raise SystemCommandError(f"{self.dir}: cannot find a free journal id")
 
-    def locked(self, command: str | None = None,
-               wait: float | None = None) -> contextlib.AbstractContextManager[None]:
-        """virtdeb's one lock for this root: plan and apply (or revert) inside it."""
-        return lock.hold(self.host, command, wait)
+    @contextlib.contextmanager
+    def locked(self, command: str | None = None, wait: float | None = None) -> Iterator[None]:
+        """virtdeb's one lock for this root: plan and apply (or revert) inside it.
+
+        A journal entry's temp file left by a killed write goes once the lock is held.
+        """
+        with lock.hold(self.host, command, wait):
+            fsio.sweep_temps(self.dir)
+            yield
 
     def apply(self, changes: Sequence[Change], command: str) -> Entry | None:
         """Check every change, journal their before-states, then make them.
@@ -100,9 +105,9 @@ class Journal:
         then a change planned from bytes that changed meanwhile is refused by
         its ``prepare``).
         """
-        if not changes:
-            return None
         with self.locked():
+            if not changes:
+                return None
             for change in changes:
                 change.prepare(self.host)
             entry = Entry(self._new_id(), command, "pending",
