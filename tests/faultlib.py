@@ -234,10 +234,11 @@ def file_changes(root: Path, uri: str = URI) -> Plan:
 
 
 def apply_files(root: Path, command: str = "faults") -> int:
-    """Plan on ``root`` and apply the file changes through the journal; how many."""
-    plan = file_changes(root)
+    """Plan on ``root`` under the lock and apply the file changes; how many."""
     host = Host(root=root, uri=URI)
-    Journal(host).apply(plan.changes, command)
+    with Journal(host).locked(command):  # an interrupted entry is undone before planning
+        plan = file_changes(root)
+        Journal(host).apply(plan.changes, command)
     return len(plan.changes)
 
 
@@ -311,7 +312,7 @@ def recover(root: Path, before: Snap, after: Snap, *, temps_ok: bool) -> list[st
 
 # -- the fault injector --------------------------------------------------------
 AUDIT_EVENTS = {"open", "os.mkdir", "os.chmod", "os.chown", "os.rename", "os.remove",
-                "os.link", "os.truncate"}
+                "os.link", "os.truncate", "os.setxattr", "os.removexattr"}
 
 
 class Injector:

@@ -62,14 +62,17 @@ def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True,
                                  " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
 
 
-def locked(host: Host, args: argparse.Namespace, *,
-           writes: bool = True) -> contextlib.AbstractContextManager[None]:
-    """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false."""
+def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
+           recover: bool = True) -> contextlib.AbstractContextManager[None]:
+    """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false.
+
+    ``recover``: first undo what an interrupted apply left (not for revert).
+    """
     if not writes or getattr(args, "dry_run", False):
         return contextlib.nullcontext()
     from virtdeb.journal import Journal
 
-    return Journal(host).locked(wait=getattr(args, "wait", None))
+    return Journal(host).locked(wait=getattr(args, "wait", None), recover=recover)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -130,7 +133,7 @@ def cmd_revert(args: argparse.Namespace) -> int:
         for e in entries:
             print(f"{e.id}  {e.status:<8}  {e.command}: {', '.join(e.targets())}")
         return 0
-    with locked(host, args):
+    with locked(host, args, recover=False):
         entry, messages = journal.revert(args.id, connect=args.connect)
     for message in messages:
         print(message)

@@ -24,7 +24,7 @@ from typing import Any
 
 from virtdeb import fsio, lock
 from virtdeb.changes import KINDS, Change
-from virtdeb.errors import ParseError, SystemCommandError, UsageError
+from virtdeb.errors import ParseError, SystemCommandError, UsageError, VirtdebError
 from virtdeb.host import Host
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,7 @@ class Entry:
     status: str  # pending | done | reverted
     records: list[dict[str, Any]]
     uri: str = ""  # the libvirt URI of the apply; revert connects there
+    owner: str = ""  # the lock token of the process that made it
 
     def targets(self) -> list[str]:
         return [str(r.get("target")) for r in self.records]
@@ -89,14 +90,35 @@ class Journal:
         raise SystemCommandError(f"{self.dir}: cannot find a free journal id")
 
     @contextlib.contextmanager
-    def locked(self, command: str | None = None, wait: float | None = None) -> Iterator[None]:
+    def locked(self, command: str | None = None, wait: float | None = None, *,
+               recover: bool = True) -> Iterator[None]:
         """virtdeb's one lock for this root: plan and apply (or revert) inside it.
 
-        A journal entry's temp file left by a killed write goes once the lock is held.
+        Once the lock is held, a journal entry's temp file left by a killed write
+        goes, and (``recover``) every entry a killed apply left pending is undone
+        first, so that the plan starts from a state the journal knows.
         """
         with lock.hold(self.host, command, wait):
             fsio.sweep_temps(self.dir)
+            if recover and lock.outermost(self.host):
+                self._recover()
             yield
+
+    def _recover(self) -> None:
+        mine = lock.token(self.host)
+        try:
+            pending = [e for e in self.entries() if e.status == "pending" and e.owner != mine]
+        except ParseError as exc:
+            log.warning("%s", exc.message)
+            return
+        for entry in reversed(pending):  # pending entries of dead processes (we hold the lock)
+            log.warning("journal entry %s (%s) was interrupted: undoing it before planning",
+                        entry.id, entry.command)
+            try:
+                self._revert(entry.id, None)
+            except VirtdebError as exc:
+                log.warning("journal entry %s: %s; it stays pending (virtdeb revert --list)",
+                            entry.id, exc.message)
 
     def apply(self, changes: Sequence[Change], command: str) -> Entry | None:
         """Check every change, journal their before-states, then make them.
@@ -111,7 +133,8 @@ class Journal:
             for change in changes:
                 change.prepare(self.host)
             entry = Entry(self._new_id(), command, "pending",
-                          [c.record(self.host) for c in changes], self.host.uri)
+                          [c.record(self.host) for c in changes], self.host.uri,
+                          lock.token(self.host) or "")
             self._create(entry)
             for change in changes:
                 log.info("applying %s: %s", change.rule, change.target)
@@ -131,7 +154,7 @@ class Journal:
             try:
                 raw = json.loads(path.read_text(encoding="utf-8"))
                 out.append(Entry(raw["id"], raw["command"], raw["status"], raw["records"],
-                                 str(raw.get("uri") or "")))
+                                 str(raw.get("uri") or ""), str(raw.get("owner") or "")))
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 raise ParseError(shown, None, None, f"unreadable journal entry ({exc})",
                                  "move it away to use the others") from exc
@@ -144,7 +167,7 @@ class Journal:
         libvirt changes are undone on the URI recorded when they were applied,
         unless ``connect`` names another.
         """
-        with self.locked():
+        with self.locked(recover=False):
             return self._revert(entry_id, connect)
 
     def _revert(self, entry_id: str | None, connect: str | None) -> tuple[Entry, list[str]]:

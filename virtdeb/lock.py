@@ -120,6 +120,18 @@ def is_held(host: Host) -> bool:
     return str(host.path(LOCK)) in _held
 
 
+def token(host: Host) -> str | None:
+    """The token of the lock this process holds (or runs under), or None."""
+    held = _held.get(str(host.path(LOCK)))
+    return None if held is None else held.token
+
+
+def outermost(host: Host) -> bool:
+    """Whether the innermost :func:`hold` of ``host`` is the one that took the lock."""
+    held = _held.get(str(host.path(LOCK)))
+    return held is not None and held.depth == 1
+
+
 def _read_holder(fd: int) -> Holder:
     for attempt in range(3):  # the new holder may not have written its line yet
         try:
