@@ -42,7 +42,7 @@ test: lint unit
 # Everything: lint and types, the package, pytest (unit and integration; the
 # chroots let the apt tests run real apt with the built package), lintian,
 # autopkgtest and piuparts.
-check: lint package image safety-image unit lintian autopkgtest piuparts
+check: lint package image safety-image demo-image unit lintian autopkgtest piuparts
 check-full: check
 
 clean:

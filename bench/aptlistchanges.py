@@ -22,7 +22,7 @@ from pathlib import Path
 
 from common import ENV, PY, TOP, best, ratio_line, runs
 
-from tests.faultlib import tiny_deb
+from tests.harness.faults import tiny_deb
 
 HOOK = TOP / "hooks" / "apt-hook"
 

@@ -2,7 +2,7 @@
 """Benchmark: ``virtdeb cpu-check`` vs the administrator's virsh loop, same run.
 
 Defines 1,000 domains sharing 10 distinct CPU definitions on a private real
-libvirtd (tests/libvirtd.py), then times the real CLI in a subprocess and the
+libvirtd (tests/harness/libvirtd.py), then times the real CLI in a subprocess and the
 shell loop (``virsh dumpxml`` + ``virsh hypervisor-cpu-compare`` per domain).
 The loop is timed on a sample of SAMPLE domains and extrapolated (printed).
 Run as root: /usr/bin/python3 bench/cpu_check.py [DOMAINS] [SAMPLE]
@@ -18,7 +18,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.libvirtd import PATH, PrivateLibvirtd  # noqa: E402
+from tests.harness.libvirtd import PATH, PrivateLibvirtd  # noqa: E402
 
 CPUS = [
     "<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"

@@ -6,11 +6,11 @@ Both on the same root, on two roots in turn:
 * a copy of ``.cache/bookworm-libvirt`` (``make safety-image``: a bookworm
   minbase system with libvirt-daemon-system and virtdeb installed, so a real
   Debian /etc), without its /proc, /sys, /dev, /run and /tmp, plus the files
-  of faultlib's root that such a system lacks (xend-config.sxp, bridge.conf,
+  of faults's root that such a system lacks (xend-config.sxp, bridge.conf,
   qemu-bridge-helper and a virtdeb.conf enabling everything, with the users
   alice and bob it names added to /etc/passwd and /etc/group), so that every
   file rule has its file;
-* faultlib's small root (tests/faultlib.py): only the files virtdeb touches.
+* faults's small root (tests/harness/faults.py): only the files virtdeb touches.
 
 The file rules are the registered rules whose plan changes a file on either
 root (the same list on both).  Two numbers per root: the whole `virtdeb doctor` process (interpreter
@@ -31,21 +31,21 @@ from pathlib import Path
 
 from common import PY, TOP, best, command, ratio_line, runs
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 
 IMAGE = TOP / ".cache" / "bookworm-libvirt"
 SKIP = {"proc", "sys", "dev", "run", "tmp"}  # mount points and scratch: left empty
-# What a real system lacks to give every file rule its file: taken from faultlib's root.
+# What a real system lacks to give every file rule its file: taken from faults's root.
 EXTRA = ("/etc/xen/xend-config.sxp", "/etc/qemu/bridge.conf", "/etc/virtdeb/virtdeb.conf",
          "/usr/lib/qemu/qemu-bridge-helper")
-USERS = ("/etc/passwd", "/etc/group")  # faultlib's users are appended to these
+USERS = ("/etc/passwd", "/etc/group")  # faults's users are appended to these
 
 
 def main() -> int:
     compileall.compile_dir(TOP / "virtdeb", quiet=1)
     with tempfile.TemporaryDirectory(dir=TOP / ".cache" if IMAGE.is_dir() else None) as tmp:
         small = fl.build_root(Path(tmp) / "small")
-        roots = [("faultlib's small root (only the files virtdeb touches)", small)]
+        roots = [("faults's small root (only the files virtdeb touches)", small)]
         if IMAGE.is_dir():
             roots.insert(0, (f"copy of {IMAGE.relative_to(TOP)} (a real bookworm system)",
                              image_root(Path(tmp) / "image", small)))

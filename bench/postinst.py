@@ -19,7 +19,7 @@ from pathlib import Path
 
 from common import ENV, PY, TOP, best, command, ratio_line
 
-from tests.faultlib import overlay
+from tests.harness.faults import overlay
 
 IMAGE = TOP / ".cache" / "bookworm-libvirt"
 POSTINST = "/var/lib/dpkg/info/libvirt-daemon-system.postinst"

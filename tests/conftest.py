@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.libvirtd"]
+pytest_plugins = ["tests.harness.libvirtd"]

@@ -146,7 +146,7 @@ def test_missing_group_is_a_failure(tmp_path: Path) -> None:
 
 
 def test_group_changed_meanwhile_is_a_conflict(tmp_path: Path) -> None:
-    from virtdeb.changes import ConflictError
+    from virtdeb.effects import ConflictError
 
     root = fake_root(tmp_path)
     h = host(root, **{"access.users": "alice"})

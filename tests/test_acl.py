@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from tests.golden import snapshot
-from tests.polkit_env import Polkit, private_polkit, skip_reason
-from virtdeb.acl import RULES_FILE, parse, render
+from tests.harness.polkit import Polkit, private_polkit, skip_reason
 from virtdeb.cli import main
+from virtdeb.commands.acl import RULES_FILE, parse, render
 
 HOSTILE = ['we"b', "a\\b", "</x>'); polkit.x=1; //", "ünï", "a\u2028b", "x" * 200]
 

@@ -7,7 +7,7 @@ The files come from virtdeb's own code path: ``virtdeb acl grant ... --root FAKE
 libvirtd.conf, then copied into the private daemon's /etc/libvirt and polkitd's
 rules directory before either daemon starts. The D-Bus socket is
 LIBVIRTD_SCRATCH/run/dbus/system_bus_socket, i.e. the default
-/run/dbus/system_bus_socket inside libvirtd's mount namespace (tests/libvirtd.py
+/run/dbus/system_bus_socket inside libvirtd's mount namespace (tests/harness/libvirtd.py
 mounts the scratch run/ over /run): libvirtd finds it with no configuration.
 
 Users (host accounts from base-passwd; ``libvirt`` membership only in polkitd's view
@@ -27,12 +27,12 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, _is_zombie_or_gone
-from tests.libvirtd import skip_reason as libvirtd_skip_reason
-from tests.polkit_env import Polkit, private_polkit
-from tests.polkit_env import skip_reason as polkit_skip_reason
-from virtdeb.acl import LIBVIRTD_CONF, RULES_FILE, polkit_driver_on
+from tests.harness.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, _is_zombie_or_gone
+from tests.harness.libvirtd import skip_reason as libvirtd_skip_reason
+from tests.harness.polkit import Polkit, private_polkit
+from tests.harness.polkit import skip_reason as polkit_skip_reason
 from virtdeb.cli import main
+from virtdeb.commands.acl import LIBVIRTD_CONF, RULES_FILE, polkit_driver_on
 from virtdeb.host import Host
 
 OK = 0

@@ -24,7 +24,7 @@ import sys
 
 import pytest
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 
 pytestmark = pytest.mark.integration
 

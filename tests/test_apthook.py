@@ -149,7 +149,7 @@ def test_main_catches_everything() -> None:
 
 
 def test_cheap_path_imports_nothing_more(tmp_path: Path) -> None:
-    """The no-op path imports no libvirt, augeas, config, cpucheck, typing."""
+    """The no-op path imports no libvirt, augeas, config, virtdeb.cpu, typing."""
     script = ("import sys, os\nimport virtdeb.apthook as h\n"
               "before = set(sys.modules)\n"
               "rc = h.main([])\n"

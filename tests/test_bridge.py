@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from virtdeb import maint
-from virtdeb.changes import ConflictError
+from virtdeb.effects import ConflictError
 from virtdeb.errors import UsageError
 from virtdeb.host import CLEAN_PATH, Host
 from virtdeb.journal import Journal

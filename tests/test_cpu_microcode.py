@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from virtdeb import cpucheck, maint
+from virtdeb import maint
+from virtdeb.cpu import fix, microcode
+from virtdeb.cpu import xml as cpuxml
 from virtdeb.host import Host
 from virtdeb.rules import Status
 from virtdeb.rules.cpu import Cpu
@@ -39,59 +41,59 @@ def state(root: Path, abspath: str) -> Path:
 
 def test_trigger_writes_marker_and_baseline(root: Path) -> None:
     assert maint.main(["triggered", "/usr/lib/firmware/intel-ucode"], root=str(root)) == 0
-    marker = json.loads(state(root, cpucheck.MARKER).read_text())
+    marker = json.loads(state(root, microcode.MARKER).read_text())
     assert marker["triggers"] == ["/usr/lib/firmware/intel-ucode"]
-    baseline = json.loads(state(root, cpucheck.BASELINE).read_text())
+    baseline = json.loads(state(root, microcode.BASELINE).read_text())
     assert baseline["cpuinfo_flags"] == ["avx2", "fpu", "hle", "rtm", "sse2", "vme"]
     assert baseline["microcode"] == "0xf4"
 
 
 def test_other_triggers_leave_cpu_alone(root: Path) -> None:
     assert maint.main(["triggered", "/usr/sbin/dnsmasq"], root=str(root)) == 0
-    assert not state(root, cpucheck.MARKER).exists()
+    assert not state(root, microcode.MARKER).exists()
 
 
 def test_boot_consumes_marker(root: Path) -> None:
     maint.main(["triggered", "/lib/firmware/amd-ucode /usr/sbin/dnsmasq"], root=str(root))
-    assert state(root, cpucheck.MARKER).exists()
+    assert state(root, microcode.MARKER).exists()
     (root / "proc/cpuinfo").write_text(CPUINFO.replace(" hle rtm", "").replace("0xf4", "0xf8"))
     assert maint.main(["boot"], root=str(root)) == 0
-    assert not state(root, cpucheck.MARKER).exists()
-    baseline = json.loads(state(root, cpucheck.BASELINE).read_text())
+    assert not state(root, microcode.MARKER).exists()
+    baseline = json.loads(state(root, microcode.BASELINE).read_text())
     assert baseline["cpuinfo_flags"] == ["avx2", "fpu", "sse2", "vme"]  # the new baseline
 
 
 def test_boot_without_marker_or_change_does_nothing(root: Path) -> None:
     host = Host(root=root, uri=NO_DAEMON)
-    assert cpucheck.boot(host) == 0
-    assert not state(root, cpucheck.STATE).exists()
+    assert microcode.boot(host) == 0
+    assert not state(root, microcode.STATE).exists()
 
 
 def test_boot_keeps_marker_when_libvirt_unreachable(root: Path) -> None:
     (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = warn\n")
     host = Host(root=root, uri=NO_DAEMON)
-    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
-    assert cpucheck.boot(Host(root=root, uri=NO_DAEMON)) == 0
-    assert state(root, cpucheck.MARKER).exists()  # retried at the next boot
-    assert not state(root, cpucheck.LAST_REPORT).exists()
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    assert microcode.boot(Host(root=root, uri=NO_DAEMON)) == 0
+    assert state(root, microcode.MARKER).exists()  # retried at the next boot
+    assert not state(root, microcode.LAST_REPORT).exists()
 
 
 def test_boot_notices_changed_features_without_marker(root: Path) -> None:
     (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = warn\n")
     host = Host(root=root, uri=NO_DAEMON)
-    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
-    state(root, cpucheck.MARKER).unlink()
-    before = state(root, cpucheck.BASELINE).read_bytes()
-    assert cpucheck.boot(Host(root=root, uri=NO_DAEMON)) == 0
-    assert state(root, cpucheck.BASELINE).read_bytes() == before  # unchanged: nothing done
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    state(root, microcode.MARKER).unlink()
+    before = state(root, microcode.BASELINE).read_bytes()
+    assert microcode.boot(Host(root=root, uri=NO_DAEMON)) == 0
+    assert state(root, microcode.BASELINE).read_bytes() == before  # unchanged: nothing done
     (root / "proc/cpuinfo").write_text(CPUINFO.replace(" rtm", ""))
-    assert cpucheck.features_differ(json.loads(before),
-                                    cpucheck.features_now(Host(root=root, uri=NO_DAEMON)))
+    assert microcode.features_differ(json.loads(before),
+                                    microcode.features_now(Host(root=root, uri=NO_DAEMON)))
 
 
 def test_doctor_warns_without_libvirt_and_shows_state(root: Path) -> None:
     host = Host(root=root, uri=NO_DAEMON)
-    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
     findings = Cpu(Host(root=root, uri=NO_DAEMON)).check()
     assert findings[0].status is Status.WARN
     assert findings[0].message.startswith("cannot compare the domains' CPUs")
@@ -119,24 +121,24 @@ DOM = """<domain type='kvm'>
 
 
 def test_parse_incompatible_messages() -> None:
-    assert cpucheck.parse_incompatible(
+    assert cpuxml.parse_incompatible(
         "the CPU is incompatible with host CPU: Host CPU does not provide required features:"
         " hle, rtm") == (["hle", "rtm"], None)
-    assert cpucheck.parse_incompatible(
+    assert cpuxml.parse_incompatible(
         "the CPU is incompatible with host CPU: host CPU vendor does not match required CPU"
         " vendor Intel") == ([], "Intel")
-    assert cpucheck.parse_incompatible("something else") == ([], None)
+    assert cpuxml.parse_incompatible("something else") == ([], None)
 
 
 def test_parse_domain_and_fragility() -> None:
-    dom = cpucheck.parse_domain(DOM)
+    dom = cpuxml.parse_domain(DOM)
     assert (dom.name, dom.uuid, dom.model, dom.vendor) == (
         "web", "0b6e2d1c-1111-2222-3333-444455556666", "Haswell", "Intel")
     assert (dom.emulator, dom.arch, dom.machine, dom.virttype) == (
         "/usr/bin/qemu-system-x86_64", "x86_64", "pc-i440fx-7.2", "kvm")
-    assert cpucheck.fragility(dom.cpu) == ["fallback=forbid", "match=exact"]
-    unchecked = cpucheck.parse_domain(DOM.replace("check='partial'", "check='none'"))
-    assert not unchecked.custom and cpucheck.fragility(unchecked.cpu) == []
+    assert cpuxml.fragility(dom.cpu) == ["fallback=forbid", "match=exact"]
+    unchecked = cpuxml.parse_domain(DOM.replace("check='partial'", "check='none'"))
+    assert not unchecked.custom and cpuxml.fragility(unchecked.cpu) == []
 
 
 def test_normalise_ignores_order_and_whitespace() -> None:
@@ -145,32 +147,32 @@ def test_normalise_ignores_order_and_whitespace() -> None:
                       "<feature name='b' policy='disable'/></cpu>")
     b = ET.fromstring("<cpu mode='custom' match='exact'>\n <feature policy='disable' name='b'/>"
                       "\n <feature name='a' policy='require'/> <model> X </model></cpu>")
-    assert cpucheck.normalise(a) == cpucheck.normalise(b)
+    assert cpuxml.normalise(a) == cpuxml.normalise(b)
     c = ET.fromstring("<cpu mode='custom' match='exact'><model>X</model></cpu>")
-    assert cpucheck.normalise(a) != cpucheck.normalise(c)
+    assert cpuxml.normalise(a) != cpuxml.normalise(c)
 
 
 def test_replace_cpu_touches_only_the_cpu_element() -> None:
-    dom = cpucheck.parse_domain(DOM)
+    dom = cpuxml.parse_domain(DOM)
     assert dom.cpu is not None
     cpu = ET.fromstring(ET.tostring(dom.cpu))
-    assert cpucheck.disable_feature(cpu, "hle") and cpucheck.disable_feature(cpu, "rtm")
-    assert not cpucheck.disable_feature(cpu, "rtm")
-    new = cpucheck.replace_cpu(DOM, cpu)
+    assert fix.disable_feature(cpu, "hle") and fix.disable_feature(cpu, "rtm")
+    assert not fix.disable_feature(cpu, "rtm")
+    new = cpuxml.replace_cpu(DOM, cpu)
     assert new == DOM.replace(
         "    <feature policy='require' name='hle'/>\n",
         "    <feature policy='disable' name='hle'/>\n    <feature policy='disable' name='rtm'/>\n")
-    assert cpucheck.without_cpu(new) == cpucheck.without_cpu(DOM)
-    assert "<cpu" not in cpucheck.without_cpu(DOM) and "<vcpu" not in DOM
+    assert cpuxml.without_cpu(new) == cpuxml.without_cpu(DOM)
+    assert "<cpu" not in cpuxml.without_cpu(DOM) and "<vcpu" not in DOM
 
 
 def test_configure_records_the_baseline_once(root: Path) -> None:
     """postinst configure leaves a baseline, so the boot unit notices a CPU change that
     came without a microcode package; a later configure keeps the first one."""
     assert maint.main(["configure", ""], root=str(root)) == 0
-    first = state(root, cpucheck.BASELINE).read_bytes()
+    first = state(root, microcode.BASELINE).read_bytes()
     assert json.loads(first)["cpuinfo_flags"] == ["avx2", "fpu", "hle", "rtm", "sse2", "vme"]
     (root / "proc/cpuinfo").write_text(CPUINFO.replace(" hle", ""))
     assert maint.main(["configure", "0.1.0"], root=str(root)) == 0
-    assert state(root, cpucheck.BASELINE).read_bytes() == first
-    assert not state(root, cpucheck.MARKER).exists()
+    assert state(root, microcode.BASELINE).read_bytes() == first
+    assert not state(root, microcode.MARKER).exists()

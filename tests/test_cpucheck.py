@@ -1,8 +1,10 @@
-"""``virtdeb cpu-check`` against a real private libvirtd (AMD host: kvm, /dev/kvm).
+"""``virtdeb cpu-check`` against a real private libvirtd (kvm, /dev/kvm).
 
 Domains are defined (never started) whose custom CPU the host cannot give: by
-vendor (Haswell + Intel) and by missing features (the host-model CPU written
-out as custom plus ``hle`` and ``rtm``), beside compatible ones.
+vendor (Haswell + Intel on an AMD host, EPYC + AMD on an Intel one) and by
+missing features (the host-model CPU written out as custom plus two features
+the host lacks: ``hle`` and ``rtm`` on AMD hosts, two of AMD's own on Intel ones),
+beside compatible ones.  The host's CPU is read from libvirt, never assumed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from virtdeb import cli, cpucheck
+from virtdeb import cli
+from virtdeb.cpu import STRATEGIES, microcode
 from virtdeb.host import Host
 from virtdeb.rules import Status
 from virtdeb.rules.cpu import Cpu
@@ -32,30 +35,71 @@ def domain_xml(name: str, cpu: str) -> str:
 
 
 def host_model_as_custom(conn: Any, extra: str = "") -> str:
-    """The hypervisor's host-model CPU written out as a custom CPU (what virt-install does)."""
-    caps = ET.fromstring(conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
+    """The hypervisor's host-model CPU written out as a custom CPU (what virt-install does).
+
+    A feature EXTRA names replaces the host-model's own line for it (trixie's
+    host-model already lists ``hle`` as disabled; libvirt refuses a feature twice).
+    """
+    named = {f.get("name") for f in ET.fromstring(f"<x>{extra}</x>").findall("feature")}
+    caps = _domcaps(conn)
     mode = caps.find("cpu/mode[@name='host-model']")
     assert mode is not None
     parts = [f"<model fallback='forbid'>{mode.findtext('model')}</model>"]
     parts += [f"<vendor>{mode.findtext('vendor')}</vendor>"] if mode.findtext("vendor") else []
-    parts += [ET.tostring(f, encoding="unicode") for f in mode.findall("feature")]
+    parts += [ET.tostring(f, encoding="unicode") for f in mode.findall("feature")
+              if f.get("name") not in named]
     return f"<cpu mode='custom' match='exact'>{''.join(parts)}{extra}</cpu>"
 
 
-TSX = "<feature policy='require' name='hle'/><feature policy='require' name='rtm'/>"
 HASWELL_INTEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"
                  "<vendor>Intel</vendor></cpu>")
+EPYC_AMD = ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</model>"
+            "<vendor>AMD</vendor></cpu>")
+
+
+def _domcaps(conn: Any) -> ET.Element:
+    return ET.fromstring(conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
+
+
+# Features one vendor's CPUs have and the other's lack (TSX on Intel, SSE4a, XOP, FMA4
+# and TBM on AMD): two of them are missing on any host, whatever its model.
+CANDIDATES = ("hle", "rtm", "sse4a", "xop", "fma4", "tbm")
+
+
+def missing_features(conn: Any) -> list[str]:
+    """Two features this host's CPU lacks: hle and rtm where it has neither (AMD), else
+    the first two of CANDIDATES its host-model CPU does not list."""
+    has = {f.get("name") for f in _domcaps(conn).findall(
+        "cpu/mode[@name='host-model']/feature") if f.get("policy") == "require"}
+    lacks = [f for f in CANDIDATES if f not in has]
+    assert len(lacks) >= 2, f"this host's CPU has all of {CANDIDATES}"
+    return lacks[:2]
+
+
+def foreign_vendor(conn: Any) -> str:
+    """A custom CPU of the other vendor than this host's."""
+    vendor = _domcaps(conn).findtext("cpu/mode[@name='host-model']/vendor")
+    return EPYC_AMD if vendor == "Intel" else HASWELL_INTEL
+
+
+@pytest.fixture
+def missing(libvirt_conn: Any) -> list[str]:
+    return missing_features(libvirt_conn)
+
+
+def required(features: list[str]) -> str:
+    return "".join(f"<feature policy='require' name='{f}'/>" for f in features)
 PENTIUM3_LOOSE = ("<cpu mode='custom' match='minimum'><model fallback='allow'>pentium3</model>"
                   "</cpu>")
 
 
 @pytest.fixture
-def domains(libvirt_conn: Any) -> dict[str, Any]:
+def domains(libvirt_conn: Any, missing: list[str]) -> dict[str, Any]:
     conn = libvirt_conn
     defs = {
-        "tsx": host_model_as_custom(conn, TSX),
-        "tsx-twin": host_model_as_custom(conn, TSX),  # same definition: compared once
-        "intel": HASWELL_INTEL,
+        "tsx": host_model_as_custom(conn, required(missing)),
+        "tsx-twin": host_model_as_custom(conn, required(missing)),  # same: compared once
+        "intel": foreign_vendor(conn),
         "fits": host_model_as_custom(conn),
         "loose": PENTIUM3_LOOSE,
         "hostmodel": "<cpu mode='host-model'/>",
@@ -91,14 +135,15 @@ def compare(conn: Any, dom: Any) -> int:
 
 
 def test_report_names_missing_features_and_vendor(
-        libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+        libvirtd: Any, domains: dict[str, Any], missing: list[str], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     code, data = check_json(capsys, libvirtd.uri, tmp_path)
     assert code == 1
     got = by_name(data)
     assert got["tsx"]["compatible"] is False
-    assert got["tsx"]["missing_features"] == ["hle", "rtm"]
-    assert "Host CPU does not provide required features: hle, rtm" in got["tsx"]["message"]
+    assert sorted(got["tsx"]["missing_features"]) == missing
+    assert ("Host CPU does not provide required features: "
+            + ", ".join(got["tsx"]["missing_features"])) in got["tsx"]["message"]
     assert got["tsx"]["vendor_mismatch"] is False
     assert got["tsx"]["fragile"] == ["fallback=forbid", "match=exact"]
     assert got["intel"]["compatible"] is False
@@ -112,12 +157,14 @@ def test_report_names_missing_features_and_vendor(
     assert data["compared"] == 4
 
 
-def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any], tmp_path: Path,
+def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
+                                       missing: list[str], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "tsx", "fits")
     assert code == 1
-    assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: hle, rtm" in out
+    assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: " in out
+    assert all(f in out for f in missing)
     assert "fits (shut off, " in out and "intel" not in out
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "fits")
@@ -125,10 +172,10 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any], t
     assert cli.main(["cpu-check", "--connect", libvirtd.uri, "--domain", "nosuch"]) == 2
 
 
-@pytest.mark.parametrize("strategy", cpucheck.STRATEGIES)
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_fix_makes_compare_pass_and_revert_restores_bytes(
         strategy: str, libvirtd: Any, libvirt_conn: Any, domains: dict[str, Any],
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        missing: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conn = libvirt_conn
     broken = ["tsx", "tsx-twin", "intel"]
     before = {n: domains[n].XMLDesc(FLAGS) for n in domains}
@@ -147,13 +194,13 @@ def test_fix_makes_compare_pass_and_revert_restores_bytes(
     after_tsx = ET.fromstring(domains["tsx"].XMLDesc(FLAGS)).find("cpu")
     assert after_tsx is not None
     policies = {f.get("name"): f.get("policy") for f in after_tsx.findall("feature")}
-    assert policies["hle"] == policies["rtm"] == "disable"
+    assert policies[missing[0]] == policies[missing[1]] == "disable"
     if strategy == "disable-missing":
         old = ET.fromstring(before["tsx"]).find("cpu")
         assert old is not None
         old_policies = {f.get("name"): f.get("policy") for f in old.findall("feature")}
         assert {k: v for k, v in policies.items() if v != old_policies.get(k)} == {
-            "hle": "disable", "rtm": "disable"}  # exactly the missing ones
+            f: "disable" for f in missing}  # exactly the missing ones
     if strategy == "host-model":
         assert after_tsx.get("mode") == "host-model"
     if strategy == "model":
@@ -169,13 +216,13 @@ def test_fix_makes_compare_pass_and_revert_restores_bytes(
 
 
 def test_dry_run_shows_diff_defines_nothing(libvirtd: Any, domains: dict[str, Any],
-                                            tmp_path: Path,
+                                            missing: list[str], tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
     before = domains["tsx"].XMLDesc(FLAGS)
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "tsx", "--fix", "disable-missing", "--dry-run")
-    assert "-    <feature policy='require' name='hle'/>" in out
-    assert "+    <feature policy='disable' name='hle'/>" in out
+    assert f"-    <feature policy='require' name='{missing[0]}'/>" in out
+    assert f"+    <feature policy='disable' name='{missing[0]}'/>" in out
     assert "dry run: nothing defined" in out
     assert code == 1
     assert domains["tsx"].XMLDesc(FLAGS) == before
@@ -183,12 +230,14 @@ def test_dry_run_shows_diff_defines_nothing(libvirtd: Any, domains: dict[str, An
 
 
 def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
-                                           domains: dict[str, Any], tmp_path: Path,
+                                           domains: dict[str, Any], missing: list[str],
+                                           tmp_path: Path,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     check_json(capsys, libvirtd.uri, tmp_path, "--domain", "tsx", "--fix", "disable-missing")
     # The administrator edits the CPU again afterwards: revert must not clobber it.
-    edited = domains["tsx"].XMLDesc(FLAGS).replace("name='hle'", "name='hle'/><feature "
-                                                   "policy='disable' name='avx512f'", 1)
+    extra = "avx512f" if "avx512f" not in missing else "avx512bw"
+    edited = domains["tsx"].XMLDesc(FLAGS).replace(
+        f"name='{missing[0]}'", f"name='{missing[0]}'/><feature policy='disable' name='{extra}'", 1)
     libvirt_conn.defineXML(edited)
     now = domains["tsx"].XMLDesc(FLAGS)
     code = cli.main(["revert", "--connect", libvirtd.uri, "--root", str(tmp_path)])
@@ -197,10 +246,12 @@ def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
     assert domains["tsx"].XMLDesc(FLAGS) == now
 
 
-def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], tmp_path: Path) -> None:
+def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], missing: list[str],
+                           tmp_path: Path) -> None:
     findings = Cpu(Host(root=tmp_path, uri=libvirtd.uri)).check()
     lines = {f.message.split(" ")[0]: f for f in findings}
-    assert lines["tsx"].status is Status.FAIL and "hle, rtm" in lines["tsx"].message
+    assert lines["tsx"].status is Status.FAIL
+    assert all(f in lines["tsx"].message for f in missing), lines["tsx"].message
     assert lines["intel"].status is Status.FAIL
     assert lines["fits"].status is Status.NOTE  # fragile: fallback=forbid
     assert "loose" not in lines and "hostmodel" not in lines
@@ -218,14 +269,14 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     (tmp_path / "etc/virtdeb").mkdir(parents=True)
     (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
     host = Host(root=tmp_path, uri=libvirtd.uri)
-    cpucheck.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
-    marker = tmp_path / cpucheck.MARKER.lstrip("/")
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    marker = tmp_path / microcode.MARKER.lstrip("/")
     assert marker.exists()
-    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert report["broken"] == 3 and report["fixed"] == []  # trigger time: report only
-    assert cpucheck.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
+    assert microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
     assert not marker.exists()
-    report = json.loads((tmp_path / cpucheck.LAST_REPORT.lstrip("/")).read_text())
+    report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert sorted(report["fixed"]) == ["intel", "tsx", "tsx-twin"]
     conn = libvirtd.connect()
     try:

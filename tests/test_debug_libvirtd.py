@@ -1,6 +1,7 @@
-"""``virtdeb debug --enable`` as a real libvirtd reads it: a private daemon (tests/libvirtd.py)
-started with the libvirtd.conf virtdeb wrote logs debug lines to the file its log_outputs
-names; after ``--disable`` a daemon started the same way is quiet again.
+"""``virtdeb debug --enable`` as a real libvirtd reads it: a private daemon
+(tests/harness/libvirtd.py) started with the libvirtd.conf virtdeb wrote logs debug
+lines to the file its log_outputs names; after ``--disable`` a daemon started the same
+way is quiet again.
 
 The harness normally sends libvirtd's log to its own file through LIBVIRT_LOG_OUTPUTS,
 which would win over the file's log_outputs: here that variable is empty (libvirt then
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.libvirtd import PrivateLibvirtd, skip_reason
+from tests.harness.libvirtd import PrivateLibvirtd, skip_reason
 from virtdeb.cli import main
 from virtdeb.rules.debug import DEFAULT_OUTPUTS
 

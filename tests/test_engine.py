@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from virtdeb import cli, fsio
-from virtdeb.changes import ConflictError, FileChange
 from virtdeb.config import Config, save_changes
 from virtdeb.edit import Editor
+from virtdeb.effects import ConflictError
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, UnsafePathError, UsageError
 from virtdeb.host import Host
 from virtdeb.journal import Journal

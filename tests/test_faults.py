@@ -1,10 +1,10 @@
 """Fault injection into the multi-file apply of every rule's file changes.
 
 The apply (journal + every FileChange the registered rules plan on a root of
-real Debian conffiles, tests/faultlib.py) is interrupted at every file-system
+real Debian conffiles, tests/harness/faults.py) is interrupted at every file-system
 step in turn:
 
-(a) SIGKILL: a child process (``python3 -m tests.faultlib kill N ROOT``) kills
+(a) SIGKILL: a child process (``python3 -m tests.harness.faults kill N ROOT``) kills
     itself at step N;
 (b) an exception raised at step N in this process (OSError EIO, and
     KeyboardInterrupt for a Ctrl-C);
@@ -31,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
 from virtdeb.journal import Journal
@@ -61,7 +61,8 @@ def root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     targets = sorted({c.target for c in r.plan.changes})
     fl.say(request, f"faults: {len(r.plan.changes)} file change(s) of rules {r.plan.rules()}"
                     f" on {len(targets)} file(s); skipped: {r.plan.skipped or 'none'};"
-                    f" non-file changes left out: {r.plan.non_file or 'none'}")
+                    f" non-file changes left out here: {r.plan.non_file or 'none'}"
+                    " (tests/test_faults_effects.py injects into those)")
     return r
 
 
@@ -161,7 +162,7 @@ def test_enospc_at_every_page(root: Root, tmp_path: Path, request: pytest.Fixtur
     mnt = tmp_path / "mnt"
     mnt.mkdir()
     proc = subprocess.run(["unshare", "-m", "--propagation", "private", fl.PY, "-m",
-                           "tests.faultlib", "enospc", str(root.src), str(mnt)],
+                           "tests.harness.faults", "enospc", str(root.src), str(mnt)],
                           cwd=fl.TOP, env=fl.CLEAN_ENV, capture_output=True, text=True,
                           timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -2,7 +2,7 @@
 
 Each round (a seeded ``random.Random``: a failure names its seed and is
 replayed with it) copies the root of real Debian conffiles that
-tests/faultlib.py builds, then starts at once, with random delays, real
+tests/harness/faults.py builds, then starts at once, with random delays, real
 processes: ``virtdeb apply`` of random rules (``bridge`` with a bridge of its
 own), ``virtdeb revert``, dpkg triggers and the boot check (``maint``), some
 with ``--wait 0`` so that they may be busy; one of them is SIGKILLed at a
@@ -33,7 +33,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
 from virtdeb.journal import Journal
@@ -41,7 +41,7 @@ from virtdeb.journal import Journal
 ROUNDS = 3
 FULL_ROUNDS = 24
 OPS = 7
-CHILD = str(fl.TOP / "tests" / "lockchild.py")
+CHILD = str(fl.TOP / "tests" / "harness" / "lockchild.py")
 FILE_RULES = ("xend", "dnsmasq", "qemu", "access", "bridge")
 HELPER = "usr/lib/qemu/qemu-bridge-helper"
 NOT_JOURNALED = ("var/lib/virtdeb/cpu/",)  # the boot check's own state files

@@ -1,8 +1,8 @@
 """Fault injection into every change, not only files: the libvirt network and the capability.
 
 The apply is every registered rule's whole plan on the root of real Debian
-conffiles (tests/faultlib.py) against a real private libvirtd
-(tests/libvirtd.py, the session daemon): the network ``default`` defined,
+conffiles (tests/harness/faults.py) against a real private libvirtd
+(tests/harness/libvirtd.py, the session daemon): the network ``default`` defined,
 started and marked autostart, the ``security.capability`` xattr of
 qemu-bridge-helper and its marker, and every file.  The injector's steps are
 the file-system steps (audit hook, now with ``os.setxattr``/``os.removexattr``)
@@ -39,8 +39,8 @@ from typing import Any
 
 import pytest
 
-from tests import faultlib as fl
-from virtdeb.changes import Change
+from tests.harness import faults as fl
+from virtdeb.effects import Change
 from virtdeb.errors import UsageError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.journal import Journal

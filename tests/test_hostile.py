@@ -1,7 +1,7 @@
 """Hostile and malformed input to every format virtdeb reads.
 
 Each case puts one hostile thing into a copy of the fake root of real Debian
-conffiles (tests/faultlib.py) and runs every registered rule's check() and
+conffiles (tests/harness/faults.py) and runs every registered rule's check() and
 plan() and the apply of its file changes (as maint does, rule by rule), then
 ``virtdeb doctor`` through the CLI.  For every case:
 
@@ -37,9 +37,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 from virtdeb import cli
-from virtdeb.changes import FileChange
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.journal import Journal

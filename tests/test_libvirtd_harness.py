@@ -1,4 +1,4 @@
-"""Tests of the private libvirtd harness (tests/libvirtd.py) against a real daemon."""
+"""Tests of the private libvirtd harness (tests/harness/libvirtd.py) against a real daemon."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import (
+from tests.harness.libvirtd import (
     PATH,
     PrivateLibvirtd,
     PrivateLibvirtdError,
@@ -208,3 +208,89 @@ def test_sweep_stale_removes_dead_owner(needs_daemon: None, tmp_path: Path) -> N
         assert (tmp_path / alive).exists()
     finally:
         sh("ip", "netns", "del", name)
+
+
+# ------------------------------------------------------------------ chroot mode
+# A root with libvirt-daemon-system installed: `make demo-image` (also part of make check).
+CHROOT = Path(os.environ.get("VIRTDEB_TEST_CHROOT")
+              or Path(__file__).resolve().parents[1] / ".cache/demo-trixie")
+NET_XML = """<network><name>vdtest-chroot</name><bridge name='vdbr7'/>
+  <ip address='10.77.0.1' prefix='24'/></network>"""
+
+
+def _mounts_mentioning(*paths: Path) -> list[str]:
+    text = Path("/proc/self/mountinfo").read_text()
+    return [line for line in text.splitlines() if any(str(p) in line for p in paths)]
+
+
+@pytest.fixture
+def needs_chroot(needs_daemon: None) -> Path:
+    if not (CHROOT / "usr/sbin/libvirtd").is_file():
+        pytest.skip(f"no chroot with libvirt-daemon-system at {CHROOT}: run `make demo-image`")
+    return CHROOT
+
+
+def test_chroot_mode_runs_the_chroots_daemons(needs_chroot: Path) -> None:
+    root = needs_chroot
+    etc_before = sorted(str(p.relative_to(root)) for p in (root / "etc/libvirt").rglob("*"))
+    with PrivateLibvirtd(root=root, overlay=True, start_timeout=60) as d:
+        assert d.uri == f"qemu+unix:///system?socket=/proc/{d.pid}/root/run/libvirt/libvirt-sock"
+        conn = d.connect()
+        try:
+            # the chroot's libvirt answers, not the host's
+            status = (root / "var/lib/dpkg/status").read_text()
+            para = status.split("Package: libvirt-daemon\n", 1)[1].split("\n\n", 1)[0]
+            version = para.split("Version: ", 1)[1].split("\n", 1)[0]
+            major, minor = (int(x) for x in version.split(".")[:2])
+            assert conn.getLibVersion() // 1000 == major * 1000 + minor
+            net = conn.networkDefineXML(NET_XML)
+            net.create()
+            net.setAutostart(1)
+        finally:
+            conn.close()
+        # inside: the chroot's files, qemu:///system as on a real host, the private /run
+        inside = d.run_in_ns(
+            "head -n1 /etc/os-release; virsh -c qemu:///system net-list --name; ls /run/libvirt;"
+            " stat -c '%a %G' /dev/kvm; ip -brief addr show vdbr7", mounts=True).stdout
+        assert (root / "etc/os-release").read_text().splitlines()[0] in inside
+        assert "vdtest-chroot" in inside
+        assert "libvirt-sock" in inside
+        if Path("/dev/kvm").exists():
+            assert "660 kvm" in inside
+        assert "10.77.0.1/24" in inside
+        assert sh("ip", "link", "show", "vdbr7").returncode != 0  # not on the host
+        # the definition is in the overlay (seen through root_view), not in the root itself
+        xml = "etc/libvirt/qemu/networks/vdtest-chroot.xml"
+        assert (d.root_view / xml).is_file()
+        assert not (root / xml).exists()
+        assert (d.scratch / "upper" / xml).is_file()
+        # an extra daemon in the same namespaces and chroot (what sshd would be)
+        extra = d.popen_in_ns(["sleep", "600"])
+        for _ in range(100):
+            if extra.pid in d.pids():
+                break
+            subprocess.run(["sleep", "0.05"], check=True)
+        pids = d.pids()
+        assert extra.pid in pids  # nsenter execs: the Popen child is sleep itself
+        comms = {Path(f"/proc/{p}/comm").read_text().strip() for p in pids}
+        assert {"libvirtd", "virtlogd", "dnsmasq", "sleep"} <= comms
+        netns, scratch = d.netns, d.scratch
+        assert _mounts_mentioning(root, scratch) == []  # nothing mounted in the host's view
+    assert extra.wait(timeout=10) != 0  # killed by the teardown
+    _assert_gone(netns, scratch, pids)
+    assert _mounts_mentioning(root, scratch) == []
+    assert sorted(str(p.relative_to(root)) for p in (root / "etc/libvirt").rglob("*")) \
+        == etc_before
+    assert not (root / "run/libvirt").exists() or not any((root / "run/libvirt").iterdir())
+
+
+def test_chroot_mode_refuses_a_root_without_libvirtd(needs_daemon: None, tmp_path: Path) -> None:
+    for d in ("proc", "dev", "sys", "run"):
+        (tmp_path / d).mkdir()
+    daemon = PrivateLibvirtd(root=tmp_path)
+    with pytest.raises(PrivateLibvirtdError, match="libvirt-daemon-system"):
+        daemon.start()
+    assert not daemon.scratch.exists()
+    assert not Path("/run/netns", daemon.netns).exists()
+    with pytest.raises(PrivateLibvirtdError, match="overlay=True needs root"):
+        PrivateLibvirtd(overlay=True)

@@ -26,7 +26,7 @@ from virtdeb.journal import Journal
 
 TOP = Path(__file__).resolve().parent.parent
 PY = "/usr/bin/python3"
-CHILD = str(TOP / "tests" / "lockchild.py")
+CHILD = str(TOP / "tests" / "harness" / "lockchild.py")
 URI = "test:///default"
 HELPER = "usr/lib/qemu/qemu-bridge-helper"
 CONF = "etc/qemu/bridge.conf"

@@ -1,7 +1,7 @@
 """No deadlock with dpkg: real dpkg, virtdeb's real trigger, in a bookworm chroot.
 
 The chroot is .cache/bookworm-libvirt (``make safety-image``: virtdeb's .deb
-installed, its Python package then replaced by this tree's), as a throwaway
+installed, this tree's Python package copied over its own), as a throwaway
 overlay in a private mount namespace.  A small package shipping a file under
 /lib/firmware/intel-ucode activates virtdeb's file trigger, whose postinst runs
 ``/usr/lib/virtdeb/maint triggered``: the cpu rule writes its "check after
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 from virtdeb import lock
 from virtdeb.host import Host
 
@@ -58,8 +58,9 @@ def ucode_deb(where: Path) -> Path:
 def run_case(case: str) -> dict[str, object]:
     """Inside ``unshare -m``: overlay the image, install this tree's virtdeb, dpkg -i."""
     with fl.overlay(IMAGE) as merged:
-        shutil.rmtree(merged / MODULE)
-        shutil.copytree(fl.TOP / "virtdeb", merged / MODULE,
+        # over the installed one: the files dpkg lists stay (py3compile runs in the
+        # postinst, also for a trigger, and compiles every file of the package)
+        shutil.copytree(fl.TOP / "virtdeb", merged / MODULE, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("__pycache__"))
         deb = ucode_deb(merged / "tmp")
         argv = ["chroot", str(merged), "dpkg", "-i", f"/tmp/{deb.name}"]

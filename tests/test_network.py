@@ -15,6 +15,7 @@ from virtdeb.rules.network import (
     Network,
     NoFreeSubnet,
     candidates,
+    firewall_backend,
     firewall_packages,
     network_xml,
     pick_subnet,
@@ -107,17 +108,44 @@ def _status(root: Path, lines: dict[str, str]) -> None:
     status.parent.mkdir(parents=True, exist_ok=True)
     status.write_text("".join(f"Package: {p}\nStatus: install ok installed\nVersion: {v}\n\n"
                               for p, v in lines.items()))
+    (root / "var/lib/dpkg/info").mkdir(exist_ok=True)
+    for package in lines:  # dpkg's file list: the daemon's owner gives libvirt's version
+        if package in ("libvirt-daemon", "libvirt-daemon-driver-network"):
+            (root / f"var/lib/dpkg/info/{package}.list").write_text("/usr/sbin/libvirtd\n")
 
 
 def test_firewall_packages(tmp_path: Path) -> None:
     _status(tmp_path, {"libvirt-daemon": "9.0.0-4+deb12u2"})
     assert firewall_packages(Host(root=tmp_path)) == ("iptables",)
     _status(tmp_path, {"libvirt-daemon": "10.10.0-3"})
-    assert firewall_packages(Host(root=tmp_path)) == ("nftables", "iptables")
+    assert firewall_packages(Host(root=tmp_path)) == ("iptables", "nftables")
+
+
+def test_firewall_backend_through_libvirts_lens(tmp_path: Path) -> None:
+    """Libvirtd_network (libvirt >= 10.4 ships it): a file it refuses is a WARN, no regex."""
+    lens = Path("/usr/share/augeas/lenses/libvirtd_network.aug")
+    if not lens.exists():
+        pytest.skip("libvirt < 10.4 (bookworm) has no network.conf and no Libvirtd_network lens")
+    _status(tmp_path, {"libvirt-daemon-driver-network": "11.3.0-3", "dnsmasq-base": "2.90",
+                       "bridge-utils": "1.7", "iptables": "1.8"})
     conf = tmp_path / "etc/libvirt/network.conf"
     conf.parent.mkdir(parents=True)
     conf.write_text('# firewall_backend = "iptables"\nfirewall_backend = "nftables"\n')
     assert firewall_packages(Host(root=tmp_path)) == ("nftables",)
+    conf.write_text('firewall_backend = "iptables"\n')
+    assert firewall_backend(Host(root=tmp_path)) == "iptables"
+    findings = Network(Host(root=tmp_path))._check_packages()
+    assert [f.status for f in findings] == [Status.PASS], findings
+    assert "iptables installed" in findings[0].message
+    conf.write_text('firewall_backend = "nftables"\n')
+    findings = Network(Host(root=tmp_path))._check_packages()
+    assert [f.status for f in findings] == [Status.WARN]
+    assert "nftables" in findings[0].message
+    conf.write_text("firewall_backend = nftables\n")  # unquoted: libvirt's lens refuses it
+    findings = Network(Host(root=tmp_path))._check_packages()
+    assert [f.status for f in findings] == [Status.WARN]
+    assert f"{conf.relative_to(tmp_path).as_posix()}" in findings[0].hint
+    assert "network.conf:1" in findings[0].hint
 
 
 def test_package_findings(tmp_path: Path) -> None:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from virtdeb.changes import FileChange
+from virtdeb.effects.file import FileChange
+from virtdeb.effects.service import RestartDnsmasq, dnsmasq_running, with_restart
 from virtdeb.host import Host
 from virtdeb.journal import Journal
-from virtdeb.rules.dnsmasq import Dnsmasq, RestartDnsmasq, dnsmasq_running, with_restart
+from virtdeb.rules.dnsmasq import Dnsmasq
 
 
 class LiveLooking(Host):

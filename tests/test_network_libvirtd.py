@@ -1,4 +1,4 @@
-"""Rule ``network`` against a real private libvirtd (tests/libvirtd.py).
+"""Rule ``network`` against a real private libvirtd (tests/harness/libvirtd.py).
 
 The daemon runs in its own network namespace; the Host points at it
 (``uri``, ``netns``) and at a fake root in tmp_path holding libvirt's real
@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from tests.libvirtd import PrivateLibvirtd
+from tests.harness.libvirtd import PrivateLibvirtd
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status

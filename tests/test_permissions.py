@@ -1,6 +1,6 @@
 """No file virtdeb writes gets a wider mode than it had, nor another owner.
 
-On the fake root of real Debian conffiles (tests/faultlib.py), every file that
+On the fake root of real Debian conffiles (tests/harness/faults.py), every file that
 some registered rule changes is first given an unusual owner and a narrow mode;
 after the apply (and after the revert) each has the same owner and mode.  New
 files get 0644 or narrower; journal entries 0600 in a 0700 directory.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests import faultlib as fl
+from tests.harness import faults as fl
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 

@@ -14,11 +14,12 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from virtdeb.cpucheck import XML_INACTIVE_SECURE, DomainXMLChange
+from virtdeb.cpu import XML_INACTIVE_SECURE
+from virtdeb.effects.domain import DomainXMLChange
+from virtdeb.effects.network import NetworkChange
 from virtdeb.errors import LibvirtError
 from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
-from virtdeb.rules.network import NetworkChange
 
 URI = "test:///default"
 UUID = "6d1c3d5e-1b7a-4c55-9a53-0000000000{n:02d}"

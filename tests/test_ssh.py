@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from virtdeb.changes import ConflictError
+from virtdeb.effects import ConflictError
+from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status
@@ -43,6 +44,8 @@ def make_root(tmp_path: Path, libvirt: str = "9.0.0-4") -> Path:
         (root / "bin" / nc).write_text("#!/bin/sh\n")
         os.chmod(root / "bin" / nc, 0o755)
     (root / "var/lib/dpkg/status").write_text(STATUS.format(libvirt=libvirt))
+    (root / "var/lib/dpkg/info").mkdir()
+    (root / "var/lib/dpkg/info/libvirt-daemon.list").write_text("/usr/sbin\n/usr/sbin/libvirtd\n")
     ua(root, "--install", "/bin/nc", "nc", "/bin/nc.openbsd", "50")
     ua(root, "--install", "/bin/nc", "nc", "/bin/nc.traditional", "60")
     return root
@@ -94,7 +97,7 @@ def test_revert_restores_manual_value(tmp_path: Path) -> None:
     ua(root, "--set", "nc", "/bin/nc.traditional")
     manual = alternatives.query(h, "nc")
     assert manual is not None
-    change = alternatives.AlternativeChange("ssh", "nc", manual, "/bin/nc.openbsd")
+    change = AlternativeChange("ssh", "nc", manual, "/bin/nc.openbsd")
     Journal(h).apply([change], "test")
     assert link(root) == "/bin/nc.openbsd"
     Journal(h).revert()

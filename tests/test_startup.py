@@ -13,13 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faultlib import CLEAN_ENV, PY, TOP, URI, build_root
+from tests.harness.faults import CLEAN_ENV, PY, TOP, URI, build_root
 from virtdeb import cli
 from virtdeb.errors import UsageError
 from virtdeb.rules import select
 
 # Imported by `virtdeb doctor xend` before this work, needed by none of its steps.
-NOT_FOR_DOCTOR = ("virtdeb.acl", "virtdeb.debugcmd", "virtdeb.cpucheck", "virtdeb.journal",
+NOT_FOR_DOCTOR = ("virtdeb.commands.acl", "virtdeb.commands.debug", "virtdeb.commands.cpu_check",
+                  "virtdeb.cpu", "virtdeb.effects.domain", "virtdeb.journal",
                   "virtdeb.rules.cpu", "virtdeb.rules.network", "difflib", "uuid")
 
 PROBE = """

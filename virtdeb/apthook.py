@@ -89,7 +89,7 @@ def parse(data: bytes) -> tuple[list[tuple[str, str, str]], list[str]] | None:
 
 def fragile_domains(root: str) -> list[tuple[str, str, list[str]]]:
     """(name, model, reasons) of persistent QEMU domains with a fragile custom CPU."""
-    from virtdeb.cpucheck import fragility, model_of, parse_domain
+    from virtdeb.cpu.xml import fragility, model_of, parse_domain
 
     out = []
     directory = os.path.join(root, QEMU_DEFS.lstrip("/"))

@@ -8,71 +8,27 @@ the lock for longer than ``--wait`` (nothing was changed).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 from virtdeb import __version__, report
-from virtdeb.changes import Change
-from virtdeb.errors import UsageError, VirtdebError
-from virtdeb.host import DEFAULT_URI, Host
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
+from virtdeb.errors import VirtdebError
 from virtdeb.rules import ORDER, Status, select
-
-if TYPE_CHECKING:
-    from virtdeb.journal import Entry
 
 log = logging.getLogger("virtdeb")
 
 # Modules that add subcommands: each has add_parser(subparsers) -> None and sets
 # the parser's ``func`` default to a handler (args) -> int.
-EXTRA_COMMANDS: list[str] = ["virtdeb.acl", "virtdeb.debugcmd", "virtdeb.cpucheck"]
+EXTRA_COMMANDS: list[str] = ["virtdeb.commands.acl", "virtdeb.commands.debug",
+                             "virtdeb.commands.cpu_check"]
 # The subcommands defined here; for these the modules above are not imported
 # (they cost start-up time that doctor, run by scripts, should not pay).
 OWN_COMMANDS = ("doctor", "apply", "revert")
 
 Handler = Callable[[argparse.Namespace], int]
-
-
-def host_from(args: argparse.Namespace) -> Host:
-    overrides = {}
-    for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item}: expected SECTION.KEY=VALUE")
-        overrides[key] = value
-    return Host(root=Path(args.root), uri=args.connect or DEFAULT_URI, overrides=overrides)
-
-
-def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True,
-                     writes: bool = True) -> None:
-    parser.add_argument("--root", default="/", metavar="DIR",
-                        help="act on the system installed under DIR (default /)")
-    parser.add_argument("--connect", "-c", metavar="URI",
-                        help=f"libvirt connection URI (default {DEFAULT_URI})")
-    if config:
-        parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
-                            help="override a virtdeb.conf value for this run")
-    if writes:
-        parser.add_argument("--wait", type=float, metavar="SECONDS",
-                            help="wait this long for another virtdeb to finish (default"
-                                 " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
-
-
-def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
-           recover: bool = True) -> contextlib.AbstractContextManager[None]:
-    """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false.
-
-    ``recover``: first undo what an interrupted apply left (not for revert).
-    """
-    if not writes or getattr(args, "dry_run", False):
-        return contextlib.nullcontext()
-    from virtdeb.journal import Journal
-
-    return Journal(host).locked(wait=getattr(args, "wait", None), recover=recover)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -85,29 +41,6 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         report.findings_text(findings, sys.stdout, quiet=args.quiet)
     return 1 if any(f.status is Status.FAIL for f in findings) else 0
-
-
-def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_run: bool,
-                   unchanged: str) -> Entry | None:
-    """Print the plan; unless ``dry_run``, journal and make it and say how to undo it.
-
-    The one way every subcommand makes changes.  ``unchanged`` is printed when
-    there is nothing to do.
-    """
-    from virtdeb.journal import Journal  # here: doctor does not need it
-
-    if not changes:
-        print(f"nothing to change: {unchanged}")
-        return None
-    report.plan_text(changes, sys.stdout)
-    if dry_run:
-        print(f"dry run: {len(changes)} change(s) shown, nothing written")
-        return None
-    entry = Journal(host).apply(changes, command)
-    assert entry is not None
-    print(f"applied {len(changes)} change(s) as journal entry {entry.id};"
-          f" undo with: virtdeb revert {entry.id}")
-    return entry
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtdeb import fsio
-from virtdeb.changes import Change
 from virtdeb.edit import Editor
+from virtdeb.effects import Change
 from virtdeb.errors import ParseError, UsageError
 from virtdeb.host import Host
 

@@ -20,7 +20,7 @@ from types import TracebackType
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import FileChange
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError
 from virtdeb.host import Host
 
@@ -41,13 +41,33 @@ def augeas_instance() -> Any:
     return _AUG
 
 
-def _error_of(aug: Any, node: str) -> tuple[int | None, int | None, str]:
-    err = f"/augeas/text{node}/error"
-    kind = aug.get(err) or "error"
-    message = aug.get(f"{err}/message") or kind
-    line = aug.get(f"{err}/line")
-    char = aug.get(f"{err}/char")
-    return (int(line) if line else None, int(char) if char else None, f"{kind}: {message}")
+def _text(value: str | bytes | None) -> str | None:
+    """A node's value alike on python3-augeas 0.5.0 and 1.2.0: no value and "" are None.
+
+    0.5.0 reads both as None; 1.2.0 reads no value as None and "" as b"".
+    """
+    if isinstance(value, bytes):
+        value = value.decode("utf-8")
+    return value or None
+
+
+def _error_of(aug: Any, tree: str) -> tuple[int | None, int | None, str]:
+    """Line, column and text of the error text_store/text_retrieve recorded for TREE.
+
+    Augeas records it under /augeas/text<TREE>/error (for a retrieve too, not under
+    the output node): the kind (parse_failed, put_failed) and its message, of which
+    the first line is kept.
+    """
+    err = f"/augeas/text{tree}/error"
+    kind = _text(aug.get(err)) or "error"
+    message = _text(aug.get(f"{err}/message"))
+    if message:  # a put error quotes the whole lens on further lines: one line is enough
+        message = message.splitlines()[0].rstrip(": ")
+        message = message if len(message) <= 200 else message[:197] + "..."
+    line = _text(aug.get(f"{err}/line"))
+    char = _text(aug.get(f"{err}/char"))
+    return (int(line) if line else None, int(char) if char else None,
+            f"{kind}: {message}" if message else kind)
 
 
 CREATED_DIR = "/var/lib/virtdeb/created"
@@ -147,11 +167,11 @@ class Editor:
         try:
             self.aug.text_retrieve(self.lens, f"{self._node}/text", self.tree, out)
         except ValueError:
-            line, col, message = _error_of(self.aug, out)
+            line, col, message = _error_of(self.aug, self.tree)
             raise ParseError(self.path, line, col,
                              f"virtdeb built a tree {self.lens} cannot write ({message})",
                              "this is a bug in virtdeb; please report it") from None
-        text = self.aug.get(out) or ""
+        text = _text(self.aug.get(out)) or ""
         if self._padded and text.startswith("\n"):
             text = text[1:]
         after = text.encode("utf-8")
@@ -168,18 +188,46 @@ class Editor:
         return f"{self.tree}/{rel}" if rel else self.tree
 
     def get(self, rel: str) -> str | None:
-        value: str | None = self.aug.get(self._abs(rel))
-        return value
+        """The value at REL; None for no node, a node without a value and ""."""
+        return _text(self.aug.get(self._abs(rel)))
 
     def values(self, rel: str) -> list[str | None]:
-        return [self.aug.get(p) for p in self.aug.match(self._abs(rel))]
+        return [_text(self.aug.get(p)) for p in self.aug.match(self._abs(rel))]
 
     def match(self, rel: str) -> list[str]:
         return [p[len(self.tree) + 1:] for p in self.aug.match(self._abs(rel))]
 
     def set(self, rel: str, value: str | None) -> None:
+        """Set REL (created with its parents if missing) to VALUE.
+
+        None and "" make a node without a value (``bind-interfaces``, an empty
+        answer ``key =``), on python3-augeas 0.5.0 and 1.2.0 alike: 1.2.0 turns
+        ``set(path, None)`` into "", which lenses refuse on write.
+        """
         self._touched = True
-        self.aug.set(self._abs(rel), value)
+        if value:
+            self.aug.set(self._abs(rel), value)
+        else:
+            self._set_no_value(self._abs(rel))
+
+    def _set_no_value(self, path: str) -> None:
+        """aug_set(PATH, NULL) through the API both versions share.
+
+        ``insert`` makes a node without a value; ``move`` puts it at PATH (made
+        as ``set`` makes it, or the node there, which keeps its place).  A node
+        there with children keeps them: they move over first.
+        """
+        scratch = f"{self._node}/novalue"
+        self.aug.set(f"{scratch}/anchor", "")
+        self.aug.insert(f"{scratch}/anchor", "node", True)
+        try:
+            targets = self.aug.match(path)
+            if len(targets) == 1:
+                for child in self.aug.match(f"{targets[0]}/*"):
+                    self.aug.move(child, f"{scratch}/node/{self.aug.label(child)}[last()+1]")
+            self.aug.move(f"{scratch}/node", path)
+        finally:
+            self.aug.remove(scratch)
 
     def remove(self, rel: str) -> int:
         self._touched = True

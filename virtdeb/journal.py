@@ -23,7 +23,20 @@ from pathlib import Path
 from typing import Any
 
 from virtdeb import fsio, lock
-from virtdeb.changes import KINDS, Change
+
+# Every kind of change, so that revert finds the kind of each record.
+from virtdeb.effects import (  # noqa: F401 - imported for their registration
+    KINDS,
+    Change,
+    alternative,
+    capability,
+    domain,
+    file,
+    group,
+    network,
+    service,
+    statoverride,
+)
 from virtdeb.errors import ParseError, SystemCommandError, UsageError, VirtdebError
 from virtdeb.host import Host
 
@@ -171,9 +184,6 @@ class Journal:
             return self._revert(entry_id, connect)
 
     def _revert(self, entry_id: str | None, connect: str | None) -> tuple[Entry, list[str]]:
-        from virtdeb.rules import load_all
-
-        load_all()  # every Change kind lives in a rule module or an adapter it imports
         entries = self.entries()
         if entry_id is None:
             live = [e for e in entries if e.status != "reverted"]

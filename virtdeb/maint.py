@@ -17,8 +17,10 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from virtdeb import cpucheck, lock
-from virtdeb.changes import Change, FileChange
+from virtdeb import lock
+from virtdeb.cpu import microcode
+from virtdeb.effects import Change
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
@@ -171,7 +173,7 @@ def _run(host: Host, action: str, rest: Sequence[str]) -> int:
         try:
             run_rules(answered, CONFIGURE_RULES, "postinst configure")
             with reported("cpu"):  # the baseline the boot unit compares with, recorded once
-                cpucheck.ensure_baseline(answered)
+                microcode.ensure_baseline(answered)
         finally:
             if answered is not host:
                 answered.close()
@@ -180,10 +182,10 @@ def _run(host: Host, action: str, rest: Sequence[str]) -> int:
         run_rules(host, wanted, "postinst triggered")
         if "cpu" in wanted:  # baseline, marker for the next boot, a check now
             with reported("cpu"):
-                cpucheck.microcode_triggered(host, " ".join(rest).split())
+                microcode.microcode_triggered(host, " ".join(rest).split())
     else:  # boot, the boot unit: check the domains' CPUs if something changed
         with reported("cpu"):
-            cpucheck.boot(host)
+            microcode.boot(host)
     return 0
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TextIO
 
-from virtdeb.changes import Change
+from virtdeb.effects import Change
 from virtdeb.rules import Finding, Status
 
 _COLOURS = {Status.PASS: "32", Status.WARN: "33", Status.FAIL: "31", Status.NOTE: "36",

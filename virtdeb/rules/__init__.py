@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar, TypeVar
 
-from virtdeb.changes import Change
+from virtdeb.effects import Change
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
 

@@ -13,7 +13,8 @@ writing files on the host.  A member that is not (or no longer) in
 
 from __future__ import annotations
 
-from virtdeb.changes import Change
+from virtdeb.effects import Change
+from virtdeb.effects.group import ensure_group, set_members
 from virtdeb.errors import UsageError
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import groups
@@ -80,10 +81,10 @@ class Access(Rule):
         wanted = self._wanted()
         group = groups.groups(self.host).get(GROUP)
         if group is None:
-            return list(groups.ensure_group(self.host, GROUP, self.name, wanted))
+            return list(ensure_group(self.host, GROUP, self.name, wanted))
         add = [u for u in wanted if u not in group.members]
         # An empty [access] users means "virtdeb does not manage membership":
         # prune never empties the group.
         prune = bool(wanted) and self.host.config.flag("access", "prune")
         remove = [u for u in group.members if u not in wanted] if prune else []
-        return list(groups.set_members(self.host, GROUP, add, remove, self.name))
+        return list(set_members(self.host, GROUP, add, remove, self.name))

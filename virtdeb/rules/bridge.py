@@ -6,7 +6,7 @@ needs ``cap_net_admin+ep`` (the README's ``setcap cap_net_admin+ep
 are the ``allow BRIDGE`` lines of /etc/qemu/bridge.conf.
 
 The capability: virtdeb writes the ``security.capability`` xattr (a journaled
-:class:`~virtdeb.system.caps.CapabilityChange`, reverted to the exact old
+:class:`~virtdeb.effects.capability.CapabilityChange`, reverted to the exact old
 bytes).  A qemu upgrade or reinstall replaces the file and drops the xattr; the
 file trigger on the helper runs this rule again.  virtdeb sets the capability
 only when bridging is wanted: ``[bridge] allow`` names a bridge, or virtdeb
@@ -32,8 +32,11 @@ import os
 import stat
 
 from virtdeb import fsio
-from virtdeb.changes import Change, FileChange
 from virtdeb.edit import Editor
+from virtdeb.effects import Change
+from virtdeb.effects.capability import CapabilityChange
+from virtdeb.effects.file import FileChange
+from virtdeb.effects.statoverride import StatOverrideChange
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
@@ -166,12 +169,12 @@ class Bridge(Rule):
             current = caps.read(real, HELPER)
         except caps.NoXattrSupport:
             if self.host.config.flag("bridge", "setuid_fallback"):
-                return [caps.StatOverrideChange(self.name, HELPER)]
+                return [StatOverrideChange(self.name, HELPER)]
             return []
         parsed = caps.parse(current) if current is not None else None
         if parsed is not None and parsed.has(caps.CAP_NET_ADMIN):
             return []
-        changes: list[Change] = [caps.CapabilityChange(
+        changes: list[Change] = [CapabilityChange(
             self.name, HELPER, current, caps.with_cap(current, caps.CAP_NET_ADMIN))]
         marker = fsio.read_bytes(self.host.path(MARKER), MARKER)
         if marker is None:

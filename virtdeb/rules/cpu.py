@@ -12,7 +12,9 @@ not by ``apply``.
 
 from __future__ import annotations
 
-from virtdeb import cpucheck
+from virtdeb.cpu import CHECK_HINT
+from virtdeb.cpu.compare import inspect
+from virtdeb.cpu.microcode import BASELINE, LAST_REPORT, MARKER, read_json
 from virtdeb.errors import VirtdebError
 from virtdeb.rules import Finding, Rule, Status, register
 
@@ -27,14 +29,14 @@ class Cpu(Rule):
 
     def _domains(self) -> list[Finding]:
         try:
-            reports, _ = cpucheck.inspect(self.host.connect())
+            reports, _ = inspect(self.host.connect())
         except VirtdebError as exc:
             return [self.finding(Status.WARN, f"cannot compare the domains' CPUs: {exc.message}",
                                  "start libvirtd, or pass --connect URI")]
         out = []
         for r in reports:
             if r.broken:
-                out.append(self.finding(Status.FAIL, r.line(), cpucheck.CHECK_HINT))
+                out.append(self.finding(Status.FAIL, r.line(), CHECK_HINT))
             elif r.verdict is not None and r.fragile:
                 out.append(self.finding(Status.NOTE, r.line(),
                                         "a microcode update that removes a feature stops it"))
@@ -46,25 +48,25 @@ class Cpu(Rule):
 
     def _microcode(self) -> list[Finding]:
         out = []
-        marker = cpucheck.read_json(self.host, cpucheck.MARKER)
+        marker = read_json(self.host, MARKER)
         if marker is not None:
             out.append(self.finding(Status.NOTE, f"microcode updated ({marker.get('time')}):"
                                     " the domains are checked again after the next boot",
                                     "reboot to load it; virtdeb cpu-check checks now"))
-        elif self.host.path(cpucheck.MARKER).exists():
+        elif self.host.path(MARKER).exists():
             out.append(self.finding(Status.NOTE, "microcode updated: a check after the next"
                                     " boot is pending"))
-        baseline = cpucheck.read_json(self.host, cpucheck.BASELINE)
+        baseline = read_json(self.host, BASELINE)
         if baseline is not None:
             flags = baseline.get("cpuinfo_flags") or []
             out.append(self.finding(Status.NOTE, f"CPU baseline of {baseline.get('time')}:"
                                     f" {len(flags)} flags, microcode"
                                     f" {baseline.get('microcode') or 'unknown'}"))
-        last = cpucheck.read_json(self.host, cpucheck.LAST_REPORT)
+        last = read_json(self.host, LAST_REPORT)
         if last is not None:
             broken, fixed = last.get("broken", 0), last.get("fixed") or []
             status = Status.WARN if broken and len(fixed) < broken else Status.NOTE
             text = (f"last check ({last.get('reason')}, {last.get('time')}): {broken}"
                     f" incompatible domain(s)" + (f", fixed: {', '.join(fixed)}" if fixed else ""))
-            out.append(self.finding(status, text, f"see {cpucheck.LAST_REPORT}"))
+            out.append(self.finding(status, text, f"see {LAST_REPORT}"))
         return out

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from virtdeb.changes import Change
 from virtdeb.edit import Editor
+from virtdeb.effects import Change
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register

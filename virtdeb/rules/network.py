@@ -36,19 +36,21 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from itertools import chain
-from typing import Any, ClassVar
+from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import Change, ConflictError, FileChange, Record
+from virtdeb.effects import Change
+from virtdeb.effects.file import FileChange
+from virtdeb.effects.network import NetworkChange
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
+from virtdeb.system.libvirt import lookup_network, network_call
 
 log = logging.getLogger(__name__)
 
@@ -171,160 +173,53 @@ def read_template(host: Host) -> str:
 
 
 # -- libvirt --------------------------------------------------------------------
-def _libvirt() -> Any:
-    import libvirt
-
-    return libvirt
-
-
-class _Net:
-    """A libvirt network whose every call raises LibvirtError instead of libvirtError."""
-
-    def __init__(self, net: Any) -> None:
-        self._net = net
-
-    def __getattr__(self, attr: str) -> Any:
-        method = getattr(self._net, attr)
-
-        def call(*args: Any) -> Any:
-            return _call(f"{self._net.name()} ({attr})", method, *args)
-        return call
-
-
-def lookup(host: Host, name: str) -> Any:
-    """The libvirt network ``name``, or None when it is not defined."""
-    libvirt = _libvirt()
-    conn = host.connect()
-    try:
-        return _Net(conn.networkLookupByName(name))
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == libvirt.VIR_ERR_NO_NETWORK:
-            return None
-        raise LibvirtError(f"libvirt network {name}: {exc.get_error_message()}") from exc
-
-
-def _call(what: str, func: Any, *args: Any) -> Any:
-    libvirt = _libvirt()
-    try:
-        return func(*args)
-    except libvirt.libvirtError as exc:
-        raise LibvirtError(f"libvirt network {what}: {exc.get_error_message()}") from exc
-
-
 def other_subnets(host: Host, name: str) -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets of every other libvirt network, active or not."""
     conn = host.connect()
     out = []
-    for other in _call("list", conn.listAllNetworks):
+    for other in network_call("list", conn.listAllNetworks):
         if other.name() == name:
             continue
-        subnet = xml_subnet(_call(other.name(), other.XMLDesc, 0))
+        subnet = xml_subnet(network_call(other.name(), other.XMLDesc, 0))
         if subnet is not None:
             out.append(subnet)
     return out
 
 
-@dataclass
-class NetworkChange(Change):
-    """Define (optionally), start and autostart a libvirt network; revert undoes each."""
-
-    kind: ClassVar[str] = "libvirt-network"
-    rule: str
-    target: str  # the network's name
-    uuid: str
-    define_xml: str | None = None
-    start: bool = True
-    autostart: bool = True
-    note: str = field(default="", compare=False)
-
-    def diff(self) -> str:
-        out = []
-        if self.define_xml is not None:
-            out.append(f"define libvirt network {self.target}{self.note}:")
-            out += ["  " + line for line in self.define_xml.splitlines()]
-        if self.start:
-            out.append(f"start libvirt network {self.target}")
-        if self.autostart:
-            out.append(f"mark libvirt network {self.target} autostart")
-        return "\n".join(out) + "\n"
-
-    def _current(self, host: Host) -> Any:
-        net = lookup(host, self.target)
-        if self.define_xml is not None and net is not None:
-            raise ConflictError(f"libvirt network {self.target}: defined while virtdeb was"
-                                " planning; run the command again")
-        if self.define_xml is None and (net is None or net.UUIDString() != self.uuid):
-            raise ConflictError(f"libvirt network {self.target}: removed or replaced while"
-                                " virtdeb was planning; run the command again")
-        return net
-
-    def prepare(self, host: Host) -> None:
-        self._current(host)
-
-    def record(self, host: Host) -> Record:
-        net = self._current(host)
-        if net is None:
-            return {"kind": self.kind, "target": self.target, "uuid": self.uuid,
-                    "xml": None, "active": False, "autostart": False}
-        libvirt = _libvirt()
-        return {"kind": self.kind, "target": self.target, "uuid": self.uuid,
-                "xml": _call(self.target, net.XMLDesc, libvirt.VIR_NETWORK_XML_INACTIVE),
-                "active": bool(net.isActive()), "autostart": bool(net.autostart())}
-
-    def apply(self, host: Host) -> None:
-        if self.define_xml is not None:
-            _call(f"{self.target} (define)", host.connect().networkDefineXML, self.define_xml)
-        net = lookup(host, self.target)
-        if net is None:
-            raise LibvirtError(f"libvirt network {self.target}: not defined after all")
-        if self.start and not net.isActive():
-            _call(f"{self.target} (start)", net.create)
-        if self.autostart and not net.autostart():
-            _call(f"{self.target} (autostart)", net.setAutostart, 1)
-
-    @classmethod
-    def undo(cls, host: Host, record: Record) -> str:
-        name = record["target"]
-        net = lookup(host, name)
-        if net is None:
-            if record["xml"] is None:
-                return f"libvirt network {name}: already undefined"
-            raise ConflictError(f"libvirt network {name}: removed since virtdeb changed it;"
-                                " not reverted")
-        if net.UUIDString() != record["uuid"]:
-            raise ConflictError(f"libvirt network {name}: replaced (another UUID) since"
-                                " virtdeb changed it; not reverted")
-        if record["xml"] is None:
-            if net.isActive():
-                _call(f"{name} (stop)", net.destroy)
-            _call(f"{name} (undefine)", net.undefine)
-            return f"libvirt network {name}: stopped and undefined (virtdeb had defined it)"
-        done = []
-        if not record["autostart"] and net.autostart():
-            _call(f"{name} (autostart off)", net.setAutostart, 0)
-            done.append("autostart off")
-        if not record["active"] and net.isActive():
-            _call(f"{name} (stop)", net.destroy)
-            done.append("stopped")
-        return f"libvirt network {name}: {', '.join(done) or 'already as before'}"
-
-
 # -- packages -------------------------------------------------------------------
-_BACKEND = re.compile(r'^\s*firewall_backend\s*=\s*"([a-z]+)"', re.MULTILINE)
+NETWORK_LENS = "Libvirtd_network.lns"  # libvirt's own lens (libvirt >= 10.4)
+BACKENDS = ("iptables", "nftables")
+# libvirt >= 10.4 without firewall_backend takes the first backend present, in the
+# order Debian builds it with (network.conf: "[iptables, nftables]").
+FIREWALL_SINCE = "10.4"
+
+
+def firewall_backend(host: Host) -> str | None:
+    """``firewall_backend`` of /etc/libvirt/network.conf (through libvirt's lens), or None."""
+    if not host.path(NETWORK_CONF).exists():
+        return None
+    from virtdeb.edit import Editor
+
+    with Editor(host, NETWORK_CONF, NETWORK_LENS) as ed:
+        values = ed.values("firewall_backend")
+    return values[-1] if values else None
 
 
 def firewall_packages(host: Host) -> tuple[str, ...]:
-    """The packages of which one must be installed for libvirt's firewall backend."""
-    data = fsio.read_bytes(host.path(NETWORK_CONF), NETWORK_CONF)
-    match = _BACKEND.search(data.decode("utf-8", "replace")) if data else None
-    if match and match.group(1) in ("iptables", "nftables"):
-        return (match.group(1),)
-    version = host.version("libvirt-daemon-driver-network") or host.version("libvirt-daemon")
+    """The packages of which one must be installed for libvirt's firewall backend.
+
+    The one ``firewall_backend`` names; else, libvirt >= 10.4 takes iptables or
+    nftables, whichever is there; older libvirt (bookworm's 9.0) only iptables.
+    """
+    backend = firewall_backend(host)
+    if backend in BACKENDS:
+        return (backend,)
+    version = sysdpkg.libvirt_version(host)
     if version:
         from debian.debian_support import Version
 
-        if Version(version) >= Version("10.4"):
-            return ("nftables", "iptables")
+        if Version(version) >= Version(FIREWALL_SINCE):
+            return BACKENDS
     return ("iptables",)
 
 
@@ -359,7 +254,10 @@ class Network(Rule):
 
     def _check_packages(self) -> list[Finding]:
         missing = [p for p in PACKAGES if not self.host.installed(p)]
-        firewall = firewall_packages(self.host)
+        try:
+            firewall = firewall_packages(self.host)
+        except ParseError as exc:
+            return [self.finding(Status.WARN, f"cannot read {NETWORK_CONF}", exc.message)]
         if not any(self.host.installed(p) for p in firewall):
             missing.append(" or ".join(firewall))
         if missing:
@@ -370,7 +268,7 @@ class Network(Rule):
 
     def _check_network(self) -> list[Finding]:
         try:
-            net = lookup(self.host, NAME)
+            net = lookup_network(self.host, NAME)
             active = net is not None and bool(net.isActive())
             autostart = net is not None and bool(net.autostart())
         except LibvirtError as exc:
@@ -404,7 +302,7 @@ class Network(Rule):
         if not self.host.config.flag("network", "autostart_default"):
             return []
         before, state = _state(self.host)
-        net = lookup(self.host, NAME)
+        net = lookup_network(self.host, NAME)
         defined_by_virtdeb = bool(state and state.get("defined_by_virtdeb"))
         changes: list[Change] = []
         if net is None:

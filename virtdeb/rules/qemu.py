@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import Change
 from virtdeb.edit import Editor
+from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register

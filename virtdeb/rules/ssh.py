@@ -3,21 +3,23 @@
 A client of libvirt older than 6.8 reaches ``qemu+ssh://`` servers by running
 ``nc`` on the server, and needs the OpenBSD netcat (``-U`` for unix sockets):
 netcat-openbsd installed and the ``nc`` alternative pointing at
-``/bin/nc.openbsd``.  libvirt 6.8 and later run ``virt-ssh-helper`` instead,
+``nc.openbsd`` (the choice is ``/bin/nc.openbsd`` on every suite, while the
+file moved to ``/usr/bin`` in trixie).  libvirt 6.8 and later run ``virt-ssh-helper`` instead,
 so nc matters only for older peers.  An ``nc`` the administrator set by hand
 (alternative in manual mode) is left alone.
 """
 
 from __future__ import annotations
 
-from virtdeb.changes import Change
+from virtdeb.effects import Change
+from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import alternatives
+from virtdeb.system import dpkg as sysdpkg
 
 PACKAGE = "netcat-openbsd"
 NC = "/bin/nc.openbsd"
 HELPER_SINCE = "6.8"
-LIBVIRT_PACKAGES = ("libvirt-daemon", "libvirt-daemon-system")
 
 
 def has_ssh_helper(version: str | None) -> bool:
@@ -34,15 +36,8 @@ class Ssh(Rule):
     name = "ssh"
     title = "nc for qemu+ssh:// clients"
 
-    def _libvirt_version(self) -> str | None:
-        for package in LIBVIRT_PACKAGES:
-            version = self.host.version(package)
-            if version:
-                return version
-        return None
-
     def check(self) -> list[Finding]:
-        version = self._libvirt_version()
+        version = sysdpkg.libvirt_version(self.host)
         helper = has_ssh_helper(version)
         out = []
         if helper:
@@ -79,6 +74,6 @@ class Ssh(Rule):
         if state is None or NC not in state.choices or state.value == NC \
                 or state.status == "manual":
             return []
-        return [alternatives.AlternativeChange(
+        return [AlternativeChange(
             self.name, "nc", state, NC,
             note="for qemu+ssh:// clients older than libvirt 6.8 (README.Debian)")]

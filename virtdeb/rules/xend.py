@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 
-from virtdeb.changes import Change
 from virtdeb.edit import Editor
+from virtdeb.effects import Change
 from virtdeb.rules import Finding, Rule, Status, register
 
 CONF = "/etc/xen/xend-config.sxp"

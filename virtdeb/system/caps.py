@@ -1,4 +1,4 @@
-"""File capabilities (the ``security.capability`` xattr) and dpkg stat overrides.
+"""File capabilities (the ``security.capability`` xattr) and dpkg stat overrides, read.
 
 The xattr holds a ``struct vfs_cap_data`` (linux/capability.h), little endian:
 ``magic_etc`` (revision | flags), then for each 32-bit half of the capability
@@ -12,7 +12,7 @@ the effective flag::
 
 Replacing the file (a qemu upgrade or reinstall, ``cp``) drops the xattr.  A
 filesystem without xattrs raises :class:`NoXattrSupport`; the setuid
-alternative then goes through ``dpkg-statoverride`` (:class:`StatOverrideChange`)
+alternative then goes through ``dpkg-statoverride`` (effects.statoverride)
 so that dpkg keeps the mode across upgrades.
 """
 
@@ -20,13 +20,10 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 import struct
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
 
-from virtdeb.changes import Change, ConflictError, Record, b64, unb64
 from virtdeb.errors import SystemCommandError
 from virtdeb.host import Host
 
@@ -104,24 +101,6 @@ def read(real: Path, shown: str) -> bytes | None:
         raise SystemCommandError(f"{shown}: cannot read {XATTR}: {exc.strerror}") from exc
 
 
-def write(real: Path, shown: str, data: bytes | None) -> None:
-    """Set (or with None remove) the file's ``security.capability``."""
-    try:
-        if data is None:
-            try:
-                os.removexattr(real, XATTR, follow_symlinks=False)
-            except OSError as exc:
-                if exc.errno != errno.ENODATA:
-                    raise
-        else:
-            os.setxattr(real, XATTR, data, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno == errno.ENOTSUP:
-            raise NoXattrSupport(f"{shown}: its filesystem has no extended attributes,"
-                                 " so it cannot carry file capabilities") from exc
-        raise SystemCommandError(f"{shown}: cannot set {XATTR}: {exc.strerror}") from exc
-
-
 def getcap(host: Host, path: str) -> str:
     """``getcap`` of the file, e.g. ``cap_net_admin=ep`` ('' when it has none)."""
     real = host.path(path)
@@ -129,127 +108,13 @@ def getcap(host: Host, path: str) -> str:
     return out[len(str(real)):].strip() if out.startswith(str(real)) else out
 
 
-def _regular(host: Host, path: str) -> Path:
-    real = host.path(path)
-    try:
-        st = os.lstat(real)
-    except FileNotFoundError as exc:
-        raise ConflictError(f"{path}: gone while virtdeb was working; run the command"
-                            " again") from exc
-    if not stat.S_ISREG(st.st_mode) or not host.inside(real.parent):
-        raise ConflictError(f"{path}: not a regular file; virtdeb leaves it alone")
-    return real
-
-
-@dataclass
-class CapabilityChange(Change):
-    """Set a file's ``security.capability`` xattr; revert restores the exact old bytes."""
-
-    kind: ClassVar[str] = "file-capability"
-    rule: str
-    target: str
-    before: bytes | None
-    after: bytes
-    summary: str = "cap_net_admin+ep"
-
-    def diff(self) -> str:
-        return f"setcap {self.summary} {self.target}\n"
-
-    def prepare(self, host: Host) -> None:
-        real = _regular(host, self.target)
-        if read(real, self.target) != self.before:
-            raise ConflictError(f"{self.target}: its capabilities changed while virtdeb was"
-                                " planning; run the command again")
-
-    def record(self, host: Host) -> Record:
-        return {"kind": self.kind, "target": self.target, "before": b64(self.before),
-                "after": b64(self.after)}
-
-    def apply(self, host: Host) -> None:
-        write(_regular(host, self.target), self.target, self.after)
-
-    @classmethod
-    def undo(cls, host: Host, record: Record) -> str:
-        target = record["target"]
-        before, after = unb64(record["before"]), unb64(record["after"])
-        real = host.path(target)
-        if not real.is_file():
-            return f"{target}: gone; nothing to restore"
-        now = read(real, target)
-        if now == before:
-            return f"{target}: capabilities already as before"
-        if now is None:
-            # The file was replaced (a package upgrade drops the xattr); the old
-            # value belonged to the old file: nothing of virtdeb's is left.
-            return f"{target}: has no capabilities any more (replaced?); left alone"
-        if now != after:
-            raise ConflictError(f"{target}: capabilities changed since virtdeb set them; not"
-                                f" reverted (getcap {target})")
-        write(real, target, before)
-        return f"{target}: capabilities restored" if before else \
-            f"{target}: capabilities removed (virtdeb had set them)"
-
-
 def statoverride(host: Host, path: str) -> str | None:
     """The ``dpkg-statoverride --list`` line for ``path``, or None."""
-    argv = ["dpkg-statoverride", *_root_args(host), "--list", path]
+    argv = ["dpkg-statoverride", *root_args(host), "--list", path]
     proc = host.run(argv, check=False)
     line = proc.stdout.strip()
     return line or None
 
 
-def _root_args(host: Host) -> list[str]:
+def root_args(host: Host) -> list[str]:
     return [] if host.is_live else ["--root", str(host.root)]
-
-
-def _mode_owner(real: Path) -> tuple[int, int, int]:
-    st = os.lstat(real)
-    return stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid
-
-
-@dataclass
-class StatOverrideChange(Change):
-    """``dpkg-statoverride --update --add OWNER GROUP MODE PATH``; revert removes it."""
-
-    kind: ClassVar[str] = "statoverride"
-    rule: str
-    target: str
-    owner: str = "root"
-    group: str = "root"
-    mode: str = "4755"
-
-    def diff(self) -> str:
-        return (f"dpkg-statoverride --update --add {self.owner} {self.group} {self.mode}"
-                f" {self.target}\n")
-
-    def prepare(self, host: Host) -> None:
-        _regular(host, self.target)
-        existing = statoverride(host, self.target)
-        if existing:
-            raise ConflictError(f"{self.target}: already has a dpkg stat override ({existing});"
-                                " virtdeb leaves it alone")
-
-    def record(self, host: Host) -> Record:
-        mode, uid, gid = _mode_owner(_regular(host, self.target))
-        return {"kind": self.kind, "target": self.target, "mode": mode, "uid": uid,
-                "gid": gid, "override": f"{self.owner} {self.group} {self.mode}"}
-
-    def apply(self, host: Host) -> None:
-        host.run(["dpkg-statoverride", *_root_args(host), "--update", "--add", self.owner,
-                  self.group, self.mode, self.target])
-
-    @classmethod
-    def undo(cls, host: Host, record: Record) -> str:
-        target = record["target"]
-        now = statoverride(host, target)
-        if now is None:
-            return f"{target}: has no stat override; left alone"
-        if now.split()[:3] != record["override"].split():
-            raise ConflictError(f"{target}: its stat override changed since virtdeb added it"
-                                f" ({now}); not reverted")
-        host.run(["dpkg-statoverride", *_root_args(host), "--remove", target])
-        real = host.path(target)
-        if real.is_file() and not real.is_symlink():
-            os.chown(real, record["uid"], record["gid"])
-            os.chmod(real, record["mode"])
-        return f"{target}: stat override removed, mode {record['mode']:o} restored"

@@ -28,9 +28,10 @@ import re
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.changes import Change, FileChange
-from virtdeb.cli import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
 from virtdeb.edit import Editor, created_marker
+from virtdeb.effects import Change
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, UsageError
 from virtdeb.host import Host
 from virtdeb.rules.access import checked_users

@@ -1,7 +1,7 @@
-"""Child processes of the lock tests (tests/test_lock.py, tests/test_faults.py).
+"""Child processes of the lock tests (tests/test_lock.py, tests/test_faults_concurrent.py).
 
-    python3 tests/lockchild.py maint ROOT URI ACTION [ARGS...]   virtdeb.maint on ROOT
-    python3 tests/lockchild.py hold ROOT                          hold ROOT's lock until
+    python3 tests/harness/lockchild.py maint ROOT URI ACTION [ARGS...]   virtdeb.maint on ROOT
+    python3 tests/harness/lockchild.py hold ROOT                          hold ROOT's lock until
                                                                   stdin closes; print its line
 
 Run by path (not ``-m``): the lock tests start it through ``Host.run``, whose
@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from virtdeb.cli import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
 from virtdeb.errors import UsageError
 from virtdeb.rules import debug
 

@@ -3,7 +3,7 @@ file changes on it, snapshots, and a fault injector.
 
 The root (:func:`build_root`) holds the conffiles virtdeb edits, as Debian ships
 them: ``/etc/libvirt/{qemu,libvirtd}.conf`` from this machine when dpkg says they
-are pristine (md5sum of the Conffiles field), else from the libvirt-daemon-system
+are pristine (md5sum of the Conffiles field of their owner), else from the owner's
 .deb cached in ``.cache/debs`` (``make safety-debs``); Xen 4.2's
 ``xend-config.sxp``; a ``bridge.conf``; ``/etc/group``, ``/etc/passwd``; a dpkg
 status naming the packages the rules look for; and ``/etc/virtdeb/virtdeb.conf``
@@ -17,7 +17,7 @@ The fault injector is one audit hook (``sys.addaudithook``) plus a wrapper of
 ``os.fsync``: every file-system step under the root (open, mkdir, chmod, chown,
 rename, remove, fsync) is counted, and at step N it raises or SIGKILLs the
 process.  It injects faults; it does not replace the code under test.
-``python3 -m tests.faultlib kill N ROOT`` is the child of the SIGKILL suite.
+``python3 -m tests.harness.faults kill N ROOT`` is the child of the SIGKILL suite.
 """
 
 from __future__ import annotations
@@ -36,17 +36,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-TOP = Path(__file__).resolve().parent.parent
+TOP = Path(__file__).resolve().parents[2]
 if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 from tests.golden import snapshot  # noqa: E402
-from virtdeb.changes import FileChange  # noqa: E402
 from virtdeb.config import FOREIGN_FILES, SCHEMA  # noqa: E402
+from virtdeb.effects.file import FileChange  # noqa: E402
 from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
 from virtdeb.host import Host  # noqa: E402
 from virtdeb.journal import Journal  # noqa: E402
 from virtdeb.rules import load_all  # noqa: E402
+from virtdeb.system import dpkg  # noqa: E402
 
 PY = "/usr/bin/python3"
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
@@ -128,7 +129,10 @@ def conffiles() -> dict[str, bytes]:
     """Absolute path -> bytes of the real conffiles the root gets."""
     files: dict[str, bytes] = {}
     for path in ("/etc/libvirt/qemu.conf", "/etc/libvirt/libvirtd.conf"):
-        data = debian_conffile("libvirt-daemon-system", path)
+        # the owner by dpkg's file lists: libvirt-daemon-system on bookworm,
+        # libvirt-daemon-driver-qemu and libvirt-daemon on the split libvirt (trixie, sid)
+        package = dpkg.owner(Host(), path, dpkg.LIBVIRT_HINTS) or "libvirt-daemon-system"
+        data = debian_conffile(package, path)
         if data is not None:
             files[path] = data
     if XEND.exists():
@@ -440,7 +444,7 @@ def after_state(src: Path) -> Snap:
 
 
 def run_child(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([PY, "-m", "tests.faultlib", *args], cwd=TOP, env=CLEAN_ENV,
+    return subprocess.run([PY, "-m", "tests.harness.faults", *args], cwd=TOP, env=CLEAN_ENV,
                           capture_output=True, text=True, check=False, timeout=120)
 
 

@@ -64,7 +64,33 @@ libvirtd is never touched. Safety nets: a ``weakref.finalize`` (runs at interpre
 exit), and at every start a sweep of ``vdtest-<pid>-*`` namespaces and scratch
 directories whose owner pid is dead (a SIGKILLed pytest).
 
-Fixtures (load with ``pytest_plugins = ["tests.libvirtd"]``); every test that uses
+Chroot mode (``PrivateLibvirtd(root=DIR)``)
+------------------------------------------
+The same machinery runs the libvirtd and virtlogd *of a chroot* DIR (a Debian root with
+libvirt-daemon-system installed, e.g. ``make demo-image``'s .cache/demo-trixie) in the
+same kind of private network and mount namespaces. start.sh then mounts, inside the
+private mount namespace only: (with ``overlay=True``) an overlay of DIR with
+SCRATCH/upper on SCRATCH/root, so DIR itself never changes; ``proc`` on ROOT/proc, the
+host's /dev (``--rbind``) on ROOT/dev with the private kvm node (group ``kvm`` of the
+chroot) over ROOT/dev/kvm, a ``sysfs`` of the network namespace on ROOT/sys, a tmpfs on
+ROOT/run (with /run/lock, /run/libvirt) and SCRATCH/log on ROOT/run/vdtest-log; then
+``exec chroot ROOT sh -c 'virtlogd -d; exec libvirtd'``. The chroot's own /etc/libvirt,
+/var/lib/libvirt, ... are used as they are (no copies: the root is the caller's).
+When the namespace's last process exits, the kernel drops every one of those mounts;
+nothing is ever mounted in the host's namespace.
+
+- ``uri`` is ``qemu+unix:///system?socket=/proc/PID/root/run/libvirt/libvirt-sock``
+  (PID: libvirtd), set once the daemon runs; ``root_view`` (``/proc/PID/root``) shows the
+  host the files as the daemon sees them (overlay, private /run).
+- ``run_in_ns(cmd, mounts=True)`` runs CMD inside the chroot (``nsenter -m -n -r``):
+  ``virtdeb doctor`` there talks to qemu:///system as on a real host;
+  ``popen_in_ns(cmd)`` starts a long-running extra (e.g. ``/usr/sbin/sshd -D -e``) in
+  the same namespaces and chroot; ``ns_argv(cmd)`` is the argv prefix for one's own
+  subprocess calls. Teardown stops those too (every process of the netns is killed).
+- ``before_start(scratch)`` runs as in host mode (e.g. to write SCRATCH/upper/etc/...
+  in overlay mode, or to set up veths). The qemu capabilities cache is not used.
+
+Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
 - ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
   root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
@@ -222,6 +248,15 @@ def sweep_stale(base_dir: str | None = None) -> list[str]:
     return removed
 
 
+def _gid_in(group_file: Path, name: str) -> int:
+    """The gid of group NAME in GROUP_FILE (a chroot's /etc/group); KeyError if absent."""
+    for line in group_file.read_text().splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
+            return int(fields[2])
+    raise KeyError(name)
+
+
 def _replicate_dirs(src: Path, dst: Path) -> None:
     """Create under DST the directory tree of SRC (owner, group, mode), no files."""
     for root, dirs, _files in os.walk(src):
@@ -343,8 +378,15 @@ class PrivateLibvirtd:
         kvm_group_access: bool = True,
         reap_wait: float = 5.0,
         before_start: Callable[[Path], None] | None = None,
+        root: str | os.PathLike[str] | None = None,
+        overlay: bool = False,
     ) -> None:
         self.before_start = before_start
+        # chroot mode: the root whose libvirtd runs (None: the host's, with scratch copies)
+        self.root = Path(root).resolve() if root is not None else None
+        if overlay and self.root is None:
+            raise PrivateLibvirtdError("overlay=True needs root=DIR")
+        self.overlay = overlay
         self.start_timeout = start_timeout
         self.log_level = log_level
         self.daemon_env = dict(daemon_env or {})
@@ -361,7 +403,7 @@ class PrivateLibvirtd:
         self.stop_seconds: float | None = None
         if caps_cache is None:
             caps_cache = os.environ.get(CAPS_CACHE_ENV, CAPS_CACHE_DEFAULT)
-        cache = caps_cache
+        cache = caps_cache if self.root is None else ""
         self.caps_cache = Path(cache) if cache else None
         self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache)
         self._state.reap_wait = reap_wait
@@ -385,11 +427,16 @@ class PrivateLibvirtd:
         t0 = time.monotonic()
         try:
             sweep_stale(self.base_dir)
-            self._prepare_scratch()
+            if self.root is None:
+                self._prepare_scratch()
+            else:
+                self._prepare_chroot()
             if self.before_start is not None:
                 self.before_start(self.scratch)
             self._create_netns()
             self._spawn()
+            if self.root is not None:
+                self._chroot_endpoints()
             self._wait_ready()
         except BaseException:
             self.stop(raise_problems=False)
@@ -452,7 +499,66 @@ class PrivateLibvirtd:
         )
         (s / "start.sh").write_text(script)
 
-    def _make_kvm_node(self) -> bool:
+    def _prepare_chroot(self) -> None:
+        """Scratch and start.sh for chroot mode (see the module docstring)."""
+        assert self.root is not None
+        root = self.root
+        for rel in ("usr/sbin/libvirtd", "usr/sbin/virtlogd"):
+            if not (root / rel).is_file():
+                raise PrivateLibvirtdError(
+                    f"{root / rel} missing: not a root with libvirt-daemon-system installed")
+        for rel in ("proc", "dev", "sys", "run"):
+            if not (root / rel).is_dir():
+                raise PrivateLibvirtdError(f"{root / rel} is not a directory")
+        self.scratch.mkdir(mode=0o755)
+        self._state.scratch_created = True
+        os.chmod(self.scratch, 0o755)
+        s = self.scratch
+        self.log_dir.mkdir()
+        q = shlex.quote
+        lines = ["set -eu"]
+        if self.overlay:
+            for d in ("upper", "work", "root"):
+                (s / d).mkdir()
+            lines.append(
+                "mount -t overlay overlay -o "
+                + q(f"lowerdir={root},upperdir={s / 'upper'},workdir={s / 'work'}")
+                + f" {q(str(s / 'root'))}")
+            r = q(str(s / "root"))
+        else:
+            r = q(str(root))
+        lines += [
+            f"R={r}",
+            'mount -t proc proc "$R/proc"',
+            'mount --rbind /dev "$R/dev"',
+            'mount -t sysfs sysfs "$R/sys"',
+            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"',
+            'mkdir -p "$R/run/lock" "$R/run/libvirt" "$R/run/vdtest-log"',
+            f'mount --bind {q(str(self.log_dir))} "$R/run/vdtest-log"',
+        ]
+        if self.kvm_group_access and self._make_kvm_node(root / "etc/group"):
+            lines.append(f'mount --bind {q(str(s / "dev/kvm"))} "$R/dev/kvm"')
+        vl_log = q(f"{self.log_level}:file:/run/vdtest-log/virtlogd.log")
+        inner = (f"LIBVIRT_LOG_OUTPUTS={vl_log} virtlogd -d -p /run/virtlogd.pid && "
+                 "exec libvirtd -p /run/libvirtd.pid")
+        lines.append(f'exec chroot "$R" /bin/sh -c {q(inner)}')
+        (s / "start.sh").write_text("\n".join(lines) + "\n")
+
+    def _chroot_endpoints(self) -> None:
+        proc = self._state.proc
+        assert proc is not None
+        self.socket = Path(f"/proc/{proc.pid}/root/run/libvirt/libvirt-sock")
+        self.uri = f"qemu+unix:///system?socket={self.socket}"
+
+    @property
+    def root_view(self) -> Path:
+        """The daemon's root as the host can read it (/proc/PID/root), while it runs."""
+        pid = self.pid
+        if pid is None:
+            raise PrivateLibvirtdError("libvirtd is not running")
+        return Path(f"/proc/{pid}/root")
+
+    def _make_kvm_node(self, group_file: Path | None = None) -> bool:
         """A private /dev/kvm node, mode 0660 group kvm, as Debian's udev rule makes it.
 
         Without udev the host's /dev/kvm is 0600 root: the qemu user (libvirt-qemu, group
@@ -461,13 +567,15 @@ class PrivateLibvirtd:
         """
         try:
             st = os.stat("/dev/kvm")
-            gid = grp.getgrnam("kvm").gr_gid
+            gid = grp.getgrnam("kvm").gr_gid if group_file is None else _gid_in(group_file, "kvm")
         except (OSError, KeyError):
             return False
         if not stat.S_ISCHR(st.st_mode):
             return False
         node = self.scratch / "dev/kvm"
         node.parent.mkdir(exist_ok=True)
+        if node.exists():
+            return True
         try:
             os.mknod(node, stat.S_IFCHR | 0o600, st.st_rdev)
             os.chown(node, 0, gid)
@@ -484,12 +592,14 @@ class PrivateLibvirtd:
         _run(["ip", "-n", self.netns, "link", "set", "lo", "up"])
 
     def _spawn(self) -> None:
+        # the daemon's own view of the log (chroot mode: SCRATCH/log is ROOT/run/vdtest-log)
+        log_path = self.log_path if self.root is None else "/run/vdtest-log/libvirtd.log"
         out = open(self.log_dir / "daemon.out", "wb")  # noqa: SIM115
         try:
             self._state.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private",
                  "sh", str(self.scratch / "start.sh")],
-                env=_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{self.log_path}",
+                env=_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{log_path}",
                           **self.daemon_env}),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C goes to pytest, not to libvirtd
@@ -559,21 +669,44 @@ class PrivateLibvirtd:
 
         mounts=False: ``ip netns exec NS`` - the host's files. mounts=True: ``nsenter`` into
         libvirtd's network AND mount namespaces, so /etc/libvirt, /run, /var/lib/libvirt
-        are the private ones. Output is captured as text; check=True raises
+        are the private ones; in chroot mode CMD also runs inside the chroot. Output is
+        captured as text; check=True raises
         CalledProcessError on a non-zero exit.
         """
-        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
-        if mounts:
-            pid = self.pid
-            if pid is None:
-                raise PrivateLibvirtdError("libvirtd is not running")
-            prefix = ["nsenter", "-t", str(pid), "-m", "-n", "--"]
-        else:
-            prefix = ["ip", "netns", "exec", self.netns]
         return subprocess.run(
-            prefix + argv, env=_env(), capture_output=True, text=True, check=check,
-            timeout=timeout, input=input, stdin=None if input is not None else subprocess.DEVNULL,
+            self.ns_argv(cmd, mounts=mounts), env=_env(), capture_output=True, text=True,
+            check=check, timeout=timeout, input=input,
+            stdin=None if input is not None else subprocess.DEVNULL,
         )
+
+    def ns_argv(self, cmd: Sequence[str] | str, *, mounts: bool = True) -> list[str]:
+        """The argv that runs CMD (argv list, or a string for ``sh -c``) in the namespaces.
+
+        mounts=True: libvirtd's network and mount namespaces, and in chroot mode its root
+        too (``nsenter -t PID -m -n [-r]``); mounts=False: ``ip netns exec NS`` (the
+        host's files).
+        """
+        argv = ["sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
+        if not mounts:
+            return ["ip", "netns", "exec", self.netns, *argv]
+        pid = self.pid
+        if pid is None:
+            raise PrivateLibvirtdError("libvirtd is not running")
+        # -r -w: its root and cwd (a chroot's, or the one pytest itself runs in)
+        return ["nsenter", "-t", str(pid), "-m", "-n", "-r", "-w", "--", *argv]
+
+    def popen_in_ns(
+        self, cmd: Sequence[str] | str, *, mounts: bool = True, **kwargs: Any
+    ) -> subprocess.Popen[Any]:
+        """Start CMD in the namespaces (and chroot) like ``run_in_ns``, without waiting.
+
+        For extra daemons beside libvirtd (sshd -D, a D-Bus): it joins the network
+        namespace, so ``stop()`` kills it with everything else. ``env`` defaults to a
+        clean one, stdin to /dev/null; other keyword arguments go to ``subprocess.Popen``.
+        """
+        kwargs.setdefault("env", _env())
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        return subprocess.Popen(self.ns_argv(cmd, mounts=mounts), **kwargs)
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``ip -n NS ARGS...``"""

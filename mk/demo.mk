@@ -1,0 +1,35 @@
+# mk/demo.mk: `make demo`, included by the Makefile.
+#
+#   make demo             the story of README.Debian, live, in a throwaway chroot of
+#                         Debian 13 trixie (SUITE=bookworm or SUITE=sid for another)
+#                         with a real private libvirtd in its own namespaces
+#   make demo-image       the demo's chroot, cached in .cache/demo-SUITE
+#
+# Nothing here changes the host outside .build/, .cache/ and temporary directories,
+# except the dependency step shared with `make check` (apt-get install).
+
+DEMO_TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
+DEMO_SUITE := $(or $(SUITE),trixie)
+DEMO_IMAGE := $(DEMO_TOP)/.cache/demo-$(DEMO_SUITE)
+DEMO_ENV := env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=$${HOME:-/root} LC_ALL=C.UTF-8 TMPDIR=$${TMPDIR:-/tmp}
+DEMO_MIRROR := $(shell sh $(DEMO_TOP)/mk/mirror.sh $(DEMO_SUITE))
+# sid's Release file on the mirror is past its Valid-Until date
+DEMO_APTOPT := $(if $(filter sid unstable,$(DEMO_SUITE)),--aptopt='Acquire::Check-Valid-Until "false"')
+# What the story uses inside the chroot; dnsmasq (the daemon) is only downloaded:
+# the story installs it later, from the chroot's apt cache.
+DEMO_INCLUDE := libvirt-daemon-system,qemu-system-x86,python3-augeas,python3-libvirt,python3-debian,python3-debconf,augeas-lenses,libcap2-bin,netcat-openbsd,iproute2,dnsmasq-base,iptables,bridge-utils,passwd,adduser,debconf-utils,diffutils
+
+.PHONY: demo demo-image
+
+demo-image: deps $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list
+
+$(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list:
+	mkdir -p $(DEMO_TOP)/.cache
+	rm -rf $(DEMO_IMAGE).new
+	$(DEMO_ENV) mmdebstrap --variant=minbase --mode=root --skip=cleanup/apt \
+		--aptopt='Apt::Install-Recommends "false"' $(DEMO_APTOPT) \
+		--include=$(DEMO_INCLUDE) \
+		--customize-hook='chroot "$$1" apt-get install -y -q --download-only dnsmasq' \
+		--customize-hook='printf "#!/bin/sh\n# virtdeb demo: never start services\nexit 101\n" > "$$1/usr/sbin/policy-rc.d"; chmod 755 "$$1/usr/sbin/policy-rc.d"' \
+		$(DEMO_SUITE) $(DEMO_IMAGE).new "deb $(DEMO_MIRROR) $(DEMO_SUITE) main"
+	rm -rf $(DEMO_IMAGE) && mv $(DEMO_IMAGE).new $(DEMO_IMAGE)

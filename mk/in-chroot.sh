@@ -1,0 +1,51 @@
+#!/bin/sh
+# mk/in-chroot.sh CHROOT TREE CMD...: run CMD as root inside the chroot CHROOT
+# (a suite's .cache/SUITE-test), with a copy of the source tree TREE at /src
+# (the current directory of CMD) and the tree's .cache/ read-only at /src/.cache.
+#
+# Everything is mounted inside a private mount namespace (unshare -m), so every
+# mount goes with the namespace when CMD ends: CHROOT on itself (its / must be a
+# mount point for the tests' own unshare -m), /proc, /sys and /dev of the host
+# (libvirtd and qemu need them), a fresh tmpfs on /run (ip netns keeps its
+# namespaces in /run/netns there), /tmp and /src.  Nothing of CHROOT changes
+# but what CMD writes outside /run, /tmp and /src.  Network namespaces that CMD
+# made and did not delete are deleted; their processes are ended first.
+set -eu
+CHROOT=$(realpath "$1")
+TREE=$(realpath "$2")
+shift 2
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+test -x "$CHROOT/usr/bin/python3" || { echo "$0: $CHROOT is no chroot with python3" >&2; exit 2; }
+
+exec unshare --mount --propagation private -- sh -eu -c '
+    R=$1 T=$2; shift 2
+    # the chroot'"'"'s / a mount point of its own: unshare -m inside needs one
+    mount --bind "$R" "$R"
+    mount -t proc proc "$R/proc"
+    mount --rbind /sys "$R/sys"
+    mount --rbind /dev "$R/dev"
+    mount -t tmpfs -o mode=0755 tmpfs "$R/run"
+    mkdir -p "$R/run/lock"
+    mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+    mkdir -p "$R/src"
+    mount -t tmpfs -o mode=0755 tmpfs "$R/src"
+    # the tracked (and untracked, not ignored) files of the tree, as the package build copies them
+    (cd "$T" && git ls-files -z --cached --others --exclude-standard \
+        | xargs -0 sh -c "for f; do [ -e \"\$f\" ] || [ -L \"\$f\" ] && printf \"%s\\0\" \"\$f\"; done" sh \
+        | tar --null -T - -cf -) | tar -C "$R/src" -xf -
+    if [ -d "$T/.cache" ]; then
+        mkdir -p "$R/src/.cache"
+        mount --bind -o ro "$T/.cache" "$R/src/.cache"
+    fi
+    cp /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
+    set +e
+    chroot "$R" env -i PATH="$PATH" HOME=/root LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \
+        TMPDIR=/tmp ${CI:+CI=$CI} sh -c "cd /src && exec \"\$@\"" sh "$@"
+    rc=$?
+    # namespaces (and their dnsmasq, libvirtd) a failed test left behind
+    for ns in $(chroot "$R" ip netns list 2>/dev/null | cut -d" " -f1); do
+        for pid in $(chroot "$R" ip netns pids "$ns" 2>/dev/null); do kill -9 "$pid" 2>/dev/null; done
+        chroot "$R" ip netns del "$ns" 2>/dev/null
+    done
+    exit $rc
+' sh "$CHROOT" "$TREE" "$@"

@@ -1,0 +1,2 @@
+"""Test machinery: a private libvirtd (libvirtd.py), a private polkitd (polkit.py) and
+the fault-injection roots and helpers (faults.py)."""

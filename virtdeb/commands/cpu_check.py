@@ -1,0 +1,95 @@
+"""``virtdeb cpu-check``: compare the domains' CPU models with the host CPU, fix them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from virtdeb.commands.options import add_host_options, host_from, locked
+from virtdeb.cpu import STRATEGIES
+from virtdeb.cpu.compare import DomainReport, Progress, Verdict, inspect
+from virtdeb.cpu.fix import fix_all, verify
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("cpu-check", help="compare the domains' CPU models with the host CPU")
+    add_host_options(p)
+    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
+                   help="only these domains (default: every defined domain)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--fix", choices=STRATEGIES,
+                   help="rewrite the definitions that do not fit: disable just the missing"
+                        " features, a named model the host can run, or host-model")
+    p.add_argument("--dry-run", "-n", action="store_true",
+                   help="with --fix: show the XML diff, define nothing")
+    p.set_defaults(func=cmd_cpu_check)
+
+
+def summary(reports: Sequence[DomainReport], calls: int) -> str:
+    custom = [r for r in reports if r.verdict is not None]
+    broken = sum(r.broken for r in custom)
+    fragile = sum(bool(r.fragile) for r in custom)
+    return (f"{len(custom)} of {len(reports)} domains have a custom CPU model:"
+            f" {broken} incompatible with this host, {fragile} fragile;"
+            f" {calls} distinct definitions compared")
+
+
+def cmd_cpu_check(args: argparse.Namespace) -> int:
+    host = host_from(args)
+    names = [n for group in args.domain for n in group]
+    fixed: list[tuple[str, Verdict]] = []
+    entry_id = None
+    with locked(host, args, writes=bool(args.fix)):  # a fix is planned under the lock
+        progress = Progress(sys.stderr, "comparing CPUs")
+        try:
+            reports, comparer = inspect(host.connect(), names, progress)
+        finally:
+            progress.done()
+        calls = comparer.calls
+        if args.fix:
+            changes, entry_id = fix_all(host, reports, args.fix, comparer,
+                                        f"cpu-check --fix {args.fix}", args.dry_run,
+                                        None if args.json else sys.stdout)
+            if entry_id:
+                fixed = verify(host.connect(), changes)
+    if args.json:
+        json.dump({"domains": [r.as_json() for r in reports],
+                   "compared": calls, "journal": entry_id,
+                   "fixed": [{"domain": n, "compatible": v.compatible,
+                              "problem": v.problem()} for n, v in fixed]},
+                  sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        for r in reports:
+            if r.verdict is not None:
+                print(r.line())
+        print(summary(reports, calls))
+        _print_fix_result(args, reports, fixed, entry_id)
+    still = {n for n, v in fixed if not v.compatible}
+    if args.fix and not args.dry_run:
+        return 1 if still else 0
+    return 1 if any(r.broken for r in reports) else 0
+
+
+def _print_fix_result(args: argparse.Namespace, reports: Sequence[DomainReport],
+                      fixed: Sequence[tuple[str, Verdict]], entry_id: str | None) -> None:
+    if not args.fix:
+        if any(r.broken for r in reports):
+            print("fix with: virtdeb cpu-check --fix disable-missing|model|host-model"
+                  " [--dry-run]")
+        return
+    if args.dry_run:
+        print("dry run: nothing defined")
+        return
+    if entry_id is None:
+        print("nothing to fix")
+        return
+    active = {r.dom.name for r in reports if r.active}
+    for name, verdict in fixed:
+        later = "; running: the new definition takes effect at its next start" \
+            if name in active else ""
+        print(f"{name}: redefined, now {verdict.problem()}{later}")
+    print(f"journal entry {entry_id}; undo with: virtdeb revert {entry_id}")

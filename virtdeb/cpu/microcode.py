@@ -1,0 +1,152 @@
+"""Microcode: the baseline of the host CPU's features, the "check after boot" marker
+and the boot-time check (called by virtdeb.maint)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from virtdeb import fsio
+from virtdeb.cpu.compare import inspect
+from virtdeb.cpu.fix import fix_all
+from virtdeb.cpu.xml import parse_xml
+from virtdeb.errors import VirtdebError
+from virtdeb.host import Host
+
+log = logging.getLogger(__name__)
+
+STATE = "/var/lib/virtdeb/cpu"
+MARKER = f"{STATE}/check-after-boot"
+BASELINE = f"{STATE}/baseline.json"
+LAST_REPORT = f"{STATE}/last-report.json"
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _write_json(host: Host, abspath: str, data: dict[str, Any]) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
+    fsio.atomic_write(host.check_parent(abspath), text.encode(), abspath)
+
+
+def read_json(host: Host, abspath: str) -> dict[str, Any] | None:
+    """One of virtdeb's state files, or None when absent or unreadable."""
+    try:
+        data = fsio.read_bytes(host.path(abspath), abspath)
+        value = None if data is None else json.loads(data)
+    except (VirtdebError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def cpuinfo(host: Host) -> tuple[list[str], str | None]:
+    """(flags, microcode revision) of the first processor in /proc/cpuinfo."""
+    flags: list[str] = []
+    microcode = None
+    try:
+        text = host.path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return flags, microcode
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip()
+        if key in ("flags", "Features") and not flags:
+            flags = sorted(set(value.split()))
+        elif key == "microcode" and microcode is None:
+            microcode = value.strip()
+        elif not line.strip() and flags:
+            break
+    return flags, microcode
+
+
+def libvirt_features(host: Host) -> list[str] | None:
+    """The host CPU features libvirt sees (getCapabilities), or None when unreachable."""
+    try:
+        caps = host.connect().getCapabilities()
+    except Exception as exc:  # noqa: BLE001 - libvirt is optional here
+        log.info("cannot read the host CPU from libvirt: %s", exc)
+        return None
+    return sorted({f.get("name", "") for f in parse_xml(caps).findall("host/cpu/feature")})
+
+
+def features_now(host: Host, with_libvirt: bool = True) -> dict[str, Any]:
+    flags, microcode = cpuinfo(host)
+    return {"cpuinfo_flags": flags, "microcode": microcode,
+            "libvirt_features": libvirt_features(host) if with_libvirt else None}
+
+
+def features_differ(old: dict[str, Any], new: dict[str, Any]) -> bool:
+    for key in ("cpuinfo_flags", "microcode", "libvirt_features"):
+        if old.get(key) is not None and new.get(key) is not None and old[key] != new[key]:
+            return True
+    return False
+
+
+def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | None:
+    """Compare every domain; log and save the report; fix if asked. None: no libvirt."""
+    try:
+        reports, comparer = inspect(host.connect())
+    except VirtdebError as exc:
+        log.warning("cpu: cannot check the domains' CPU models now: %s", exc.message)
+        return None
+    bad = [r for r in reports if r.broken or (r.verdict is not None and r.fragile)]
+    for r in bad:
+        log.warning("cpu: %s", r.line())
+    result: dict[str, Any] = {"time": _now(), "reason": reason,
+                              "domains": [r.as_json() for r in bad],
+                              "broken": sum(r.broken for r in reports), "fixed": [],
+                              "journal": None}
+    if fix and result["broken"]:
+        try:
+            changes, entry = fix_all(host, reports, "disable-missing", comparer,
+                                     f"maint {reason} cpu --fix disable-missing")
+            result["fixed"] = [c.name for c in changes]
+            result["journal"] = entry
+            log.warning("cpu: redefined %s (undo: virtdeb revert %s)",
+                        ", ".join(result["fixed"]), entry)
+        except VirtdebError as exc:
+            log.warning("cpu: fixing failed: %s", exc.message)
+    elif result["broken"]:
+        log.warning("cpu: check them with: virtdeb cpu-check; fix with:"
+                    " virtdeb cpu-check --fix disable-missing")
+    _write_json(host, LAST_REPORT, result)
+    return result
+
+
+def ensure_baseline(host: Host) -> None:
+    """Record the host CPU's features once (postinst configure), so that the boot unit
+    notices a change that came without a microcode package (BIOS update, new host)."""
+    if read_json(host, BASELINE) is None:
+        _write_json(host, BASELINE, {"time": _now(), **features_now(host)})
+
+
+def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
+    """A microcode package changed: baseline, marker for the next boot, and a check now."""
+    _write_json(host, BASELINE, {"time": _now(), **features_now(host)})
+    _write_json(host, MARKER, {"time": _now(), "triggers": list(triggers)})
+    if host.config.get("cpu", "on_microcode") != "nothing":
+        check_and_report(host, "microcode-update", fix=False)
+
+
+def boot(host: Host) -> int:
+    """After a boot: check when a microcode update is pending or the CPU changed."""
+    marker = host.path(MARKER)
+    baseline = read_json(host, BASELINE)
+    now = features_now(host)
+    pending = marker.exists()
+    if not pending and (baseline is None or not features_differ(baseline, now)):
+        log.info("cpu: no microcode update pending and the CPU features are unchanged")
+        return 0
+    policy = host.config.get("cpu", "on_microcode")
+    if policy != "nothing":
+        reason = "boot after microcode update" if pending else "boot: CPU features changed"
+        if check_and_report(host, reason, fix=policy == "fix") is None:
+            return 0  # libvirt not reachable: keep the marker, try at the next boot
+    _write_json(host, BASELINE, {"time": _now(), **now})
+    if pending:
+        fsio.remove(marker, MARKER)
+    return 0

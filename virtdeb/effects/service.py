@@ -1,0 +1,67 @@
+"""The ``restart-dnsmasq`` effect: restart the running system dnsmasq around a change
+of its drop-in (``invoke-rc.d dnsmasq restart``), only on a live root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from virtdeb.effects import Change, Record
+from virtdeb.host import Host
+
+# -- restarting the running daemon (issue 4) -----------------------------------
+PIDFILE = "/run/dnsmasq/dnsmasq.pid"
+
+
+def dnsmasq_running(host: Host) -> bool:
+    """Whether the system dnsmasq daemon runs (its pidfile names a live dnsmasq)."""
+    try:
+        pid = int(host.path(PIDFILE).read_text().strip())
+        comm = host.path(f"/proc/{pid}/comm").read_text().strip()
+    except (OSError, ValueError):
+        return False
+    return comm == "dnsmasq"
+
+
+@dataclass
+class RestartDnsmasq(Change):
+    """``invoke-rc.d dnsmasq restart`` after an apply (``when="apply"``) or after the
+    revert of the file changes it follows (``when="revert"``, placed before them).
+
+    Only on a live root, and only when the daemon runs; never in tests on fake roots.
+    """
+
+    kind: ClassVar[str] = "restart-dnsmasq"
+    rule: str
+    target: str = "dnsmasq"
+    when: str = "apply"
+
+    def diff(self) -> str:
+        return f"invoke-rc.d dnsmasq restart (after {self.when}, if it runs)\n"
+
+    def record(self, host: Host) -> Record:
+        return {"kind": self.kind, "target": self.target, "when": self.when}
+
+    def apply(self, host: Host) -> None:
+        if self.when == "apply":
+            _restart(host)
+
+    @classmethod
+    def undo(cls, host: Host, record: Record) -> str:
+        if record.get("when") == "revert" and _restart(host):
+            return "dnsmasq: restarted"
+        return "dnsmasq: nothing to restart"
+
+
+def _restart(host: Host) -> bool:
+    if not host.is_live or not dnsmasq_running(host):
+        return False
+    host.run(["invoke-rc.d", "dnsmasq", "restart"])
+    return True
+
+
+def with_restart(changes: list[Change], host: Host, rule: str) -> list[Change]:
+    """``changes`` wrapped in dnsmasq restarts when the live daemon runs."""
+    if not changes or not host.is_live or not dnsmasq_running(host):
+        return changes
+    return [RestartDnsmasq(rule, when="revert"), *changes, RestartDnsmasq(rule)]
