@@ -1,7 +1,7 @@
 #!/bin/sh
 # mk/in-chroot.sh CHROOT TREE CMD...: run CMD as root inside the chroot CHROOT
 # (a suite's .cache/SUITE-test), with a copy of the source tree TREE at /src
-# (the current directory of CMD) and the tree's .cache/ read-only at /src/.cache.
+# (the current directory of CMD) and the tree's .cache/ and .build/ read-only there.
 #
 # Everything is mounted inside a private mount namespace (unshare -m), so every
 # mount goes with the namespace when CMD ends: CHROOT on itself (its / must be a
@@ -33,10 +33,12 @@ exec unshare --mount --propagation private -- sh -eu -c '
     (cd "$T" && git ls-files -z --cached --others --exclude-standard \
         | xargs -0 sh -c "for f; do [ -e \"\$f\" ] || [ -L \"\$f\" ] && printf \"%s\\0\" \"\$f\"; done" sh \
         | tar --null -T - -cf -) | tar -C "$R/src" -xf -
-    if [ -d "$T/.cache" ]; then
-        mkdir -p "$R/src/.cache"
-        mount --bind -o ro "$T/.cache" "$R/src/.cache"
-    fi
+    for d in .cache .build; do
+        if [ -d "$T/$d" ]; then
+            mkdir -p "$R/src/$d"
+            mount --bind -o ro "$T/$d" "$R/src/$d"
+        fi
+    done
     cp /etc/resolv.conf "$R/etc/resolv.conf" 2>/dev/null || true
     set +e
     chroot "$R" env -i PATH="$PATH" HOME=/root LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1 \

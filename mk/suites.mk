@@ -25,9 +25,11 @@ SUITE_TEST_DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt pyt
 	python3-debconf python3-pytest python3-hypothesis libvirt-daemon-system libvirt-clients \
 	qemu-system-x86 qemu-utils dnsmasq-base bridge-utils iptables libcap2-bin attr \
 	netcat-openbsd iproute2 adduser passwd debconf debconf-utils apt-listchanges polkitd \
-	dbus-daemon util-linux mount lintian
+	dbus-daemon dbus-bin util-linux mount lintian piuparts
 
-.PHONY: images test-chroots suites $(addprefix suite-,$(SUITES))
+.PHONY: images test-chroots suites suites-prep
+# the chroots are kept (not intermediate files make may delete)
+.PRECIOUS: $(SUITE_CACHE)/%-minbase/etc/os-release $(SUITE_CACHE)/%-test/etc/os-release
 
 images: $(foreach s,$(SUITES),$(SUITE_CACHE)/$(s)-minbase.tar)
 test-chroots: $(foreach s,$(SUITES),$(SUITE_CACHE)/$(s)-test/etc/os-release)
@@ -63,3 +65,21 @@ $(SUITE_CACHE)/%-test/etc/os-release:
 comma := ,
 suite_empty :=
 suite_space := $(suite_empty) $(suite_empty)
+
+# What every suite's checks share, built once: the .deb (and the older one with
+# its local repository, for the upgrade tests), the source package lintian reads,
+# the source tree autopkgtest reads.
+suites-prep: package package-old
+	rm -rf $(PKG_BUILD)/repo && mkdir -p $(PKG_BUILD)/repo
+	cp $(PKG_PREV_DEB) $(PKG_BUILD)/repo/
+	cd $(PKG_BUILD)/repo && $(SUITE_ENV) dpkg-scanpackages . /dev/null > Packages
+	$(call pkg_copy_tree,$(PKG_BUILD)/lint/$(PKG_NAME))
+	cd $(PKG_BUILD)/lint && $(SUITE_ENV) dpkg-source -b $(PKG_NAME)
+	$(call pkg_copy_tree,$(PKG_BUILD)/autopkgtest-src/$(PKG_NAME))
+
+# One suite: its image, its test chroot, then mk/suite-check.sh (pytest, lintian,
+# autopkgtest, piuparts); every step runs, the suite fails if one did.
+suite-%: suites-prep subids $(SUITE_CACHE)/%-minbase.tar $(SUITE_CACHE)/%-test/etc/os-release
+	$(SUITE_ENV) sh $(SUITE_TOP)/mk/suite-check.sh $* $(call suite_mirror,$*)
+
+suites: $(addprefix suite-,$(SUITES))

@@ -176,3 +176,17 @@ def test_configure_records_the_baseline_once(root: Path) -> None:
     assert maint.main(["configure", "0.1.0"], root=str(root)) == 0
     assert state(root, microcode.BASELINE).read_bytes() == first
     assert not state(root, microcode.MARKER).exists()
+
+
+def test_state_files_are_journaled_and_revert(root: Path) -> None:
+    """The marker and baseline are written through the journal like every other change."""
+    from virtdeb.journal import Journal
+
+    host = Host(root=root, uri=NO_DAEMON)
+    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    journal = Journal(host)
+    [entry] = journal.entries()
+    assert entry.targets() == [microcode.BASELINE, microcode.MARKER]
+    journal.revert(entry.id)
+    assert not state(root, microcode.MARKER).exists()
+    assert not state(root, microcode.BASELINE).exists()

@@ -89,7 +89,11 @@ def parse(data: bytes) -> tuple[list[tuple[str, str, str]], list[str]] | None:
 
 def fragile_domains(root: str) -> list[tuple[str, str, list[str]]]:
     """(name, model, reasons) of persistent QEMU domains with a fragile custom CPU."""
+    from pathlib import Path
+
+    from virtdeb import fsio
     from virtdeb.cpu.xml import fragility, model_of, parse_domain
+    from virtdeb.errors import VirtdebError
 
     out = []
     directory = os.path.join(root, QEMU_DEFS.lstrip("/"))
@@ -98,10 +102,11 @@ def fragile_domains(root: str) -> list[tuple[str, str, list[str]]]:
     except OSError:
         return []
     for name in names:
+        shown = f"{QEMU_DEFS}/{name}"
         try:
-            with open(os.path.join(directory, name), encoding="utf-8") as fh:
-                dom = parse_domain(fh.read())
-        except (OSError, ValueError, SyntaxError):
+            data = fsio.read_bytes(Path(directory) / name, shown)
+            dom = parse_domain(fsio.decode_utf8(data or b"", shown))
+        except (VirtdebError, ValueError, SyntaxError):
             continue  # ET.ParseError is a SyntaxError
         reasons = fragility(dom.cpu)
         if reasons:

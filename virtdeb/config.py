@@ -170,12 +170,9 @@ class Config:
     @classmethod
     def load(cls, real: Path, overrides: Mapping[str, str] | None = None,
              shown: str = "/etc/virtdeb/virtdeb.conf") -> Config:
-        try:
-            data = real.read_bytes()
-        except FileNotFoundError:
+        data = fsio.read_bytes(real, shown)
+        if data is None:
             return cls.parse("", shown, overrides)
-        except OSError as exc:
-            raise UsageError(f"{shown}: cannot read: {exc.strerror}") from exc
         return cls.parse(fsio.decode_utf8(data, shown), shown, overrides)
 
     def get(self, section: str, key: str) -> str:

@@ -18,6 +18,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from virtdeb import fsio
 from virtdeb.errors import LibvirtError, ParseError, SystemCommandError, UnsafePathError
 
 if TYPE_CHECKING:
@@ -105,13 +106,9 @@ class Host:
         Splitting is cheap; a paragraph is parsed (with python-debian) only when
         a rule asks about its package: a real status file has a thousand.
         """
-        status = self.path(DPKG_STATUS)
-        try:
-            data = status.read_bytes()
-        except FileNotFoundError:
+        data = fsio.read_bytes(self.path(DPKG_STATUS), DPKG_STATUS)
+        if data is None:
             return {}
-        except OSError as exc:
-            raise SystemCommandError(f"{DPKG_STATUS}: cannot read: {exc.strerror}") from exc
         index: dict[str, tuple[int, bytes]] = {}
         line = 1
         for para in data.split(b"\n\n"):

@@ -165,7 +165,7 @@ class Journal:
         for path in paths:
             shown = f"/var/lib/virtdeb/journal/{path.name}"
             try:
-                raw = json.loads(path.read_text(encoding="utf-8"))
+                raw = json.loads(fsio.read_bytes(path, shown) or b"")
                 out.append(Entry(raw["id"], raw["command"], raw["status"], raw["records"],
                                  str(raw.get("uri") or ""), str(raw.get("owner") or "")))
             except (OSError, ValueError, KeyError, TypeError) as exc:

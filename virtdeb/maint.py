@@ -5,7 +5,7 @@ or ``maint triggered "TRIGGER..."``).  It applies what the administrator
 allowed: changes to virtdeb's own files always, changes to another package's
 conffile only when ``[virtdeb] allow_edit`` names it.  A problem in one rule is
 reported and the others still run; an install fails only when virtdeb itself
-cannot work (its own configuration file is unreadable).
+cannot work (its own configuration file or dpkg's status file is unreadable).
 """
 
 from __future__ import annotations
@@ -163,8 +163,9 @@ def _not_done(action: str, rest: Sequence[str]) -> str:
 
 
 def _run(host: Host, action: str, rest: Sequence[str]) -> int:
-    try:
-        host.config  # noqa: B018 - a broken config file is the one fatal error
+    try:  # the two files every rule needs: unreadable, virtdeb cannot work
+        host.config  # noqa: B018 - virtdeb.conf
+        host.installed("virtdeb")  # dpkg's status file
     except VirtdebError as exc:
         print(f"virtdeb: error: {exc.message}", file=sys.stderr)
         return 1

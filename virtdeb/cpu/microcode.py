@@ -13,8 +13,10 @@ from virtdeb import fsio
 from virtdeb.cpu.compare import inspect
 from virtdeb.cpu.fix import fix_all
 from virtdeb.cpu.xml import parse_xml
+from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
+from virtdeb.journal import Journal
 
 log = logging.getLogger(__name__)
 
@@ -22,15 +24,24 @@ STATE = "/var/lib/virtdeb/cpu"
 MARKER = f"{STATE}/check-after-boot"
 BASELINE = f"{STATE}/baseline.json"
 LAST_REPORT = f"{STATE}/last-report.json"
+CPUINFO = "/proc/cpuinfo"
 
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-def _write_json(host: Host, abspath: str, data: dict[str, Any]) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True) + "\n"
-    fsio.atomic_write(host.check_parent(abspath), text.encode(), abspath)
+def _state(host: Host, abspath: str, data: dict[str, Any] | None) -> FileChange:
+    """The change that makes state file ``abspath`` hold ``data`` (None: removes it)."""
+    before = fsio.read_bytes(host.path(abspath), abspath)
+    after = None if data is None else \
+        (json.dumps(data, indent=1, sort_keys=True) + "\n").encode()
+    return FileChange("cpu", abspath, before, after)
+
+
+def _save(host: Host, command: str, *changes: FileChange) -> None:
+    """Write state files through the journal, like every change virtdeb makes."""
+    Journal(host).apply([c for c in changes if c.before != c.after], command)
 
 
 def read_json(host: Host, abspath: str) -> dict[str, Any] | None:
@@ -48,9 +59,11 @@ def cpuinfo(host: Host) -> tuple[list[str], str | None]:
     flags: list[str] = []
     microcode = None
     try:
-        text = host.path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
+        data = fsio.read_bytes(host.path(CPUINFO), CPUINFO)
+    except VirtdebError as exc:
+        log.warning("cpu: %s", exc.message)
         return flags, microcode
+    text = (data or b"").decode("utf-8", "replace")
     for line in text.splitlines():
         key, _, value = line.partition(":")
         key = key.strip()
@@ -113,7 +126,7 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
     elif result["broken"]:
         log.warning("cpu: check them with: virtdeb cpu-check; fix with:"
                     " virtdeb cpu-check --fix disable-missing")
-    _write_json(host, LAST_REPORT, result)
+    _save(host, f"maint {reason} cpu report", _state(host, LAST_REPORT, result))
     return result
 
 
@@ -121,13 +134,15 @@ def ensure_baseline(host: Host) -> None:
     """Record the host CPU's features once (postinst configure), so that the boot unit
     notices a change that came without a microcode package (BIOS update, new host)."""
     if read_json(host, BASELINE) is None:
-        _write_json(host, BASELINE, {"time": _now(), **features_now(host)})
+        _save(host, "maint configure cpu baseline",
+              _state(host, BASELINE, {"time": _now(), **features_now(host)}))
 
 
 def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
     """A microcode package changed: baseline, marker for the next boot, and a check now."""
-    _write_json(host, BASELINE, {"time": _now(), **features_now(host)})
-    _write_json(host, MARKER, {"time": _now(), "triggers": list(triggers)})
+    _save(host, "maint triggered cpu marker",
+          _state(host, BASELINE, {"time": _now(), **features_now(host)}),
+          _state(host, MARKER, {"time": _now(), "triggers": list(triggers)}))
     if host.config.get("cpu", "on_microcode") != "nothing":
         check_and_report(host, "microcode-update", fix=False)
 
@@ -146,7 +161,6 @@ def boot(host: Host) -> int:
         reason = "boot after microcode update" if pending else "boot: CPU features changed"
         if check_and_report(host, reason, fix=policy == "fix") is None:
             return 0  # libvirt not reachable: keep the marker, try at the next boot
-    _write_json(host, BASELINE, {"time": _now(), **now})
-    if pending:
-        fsio.remove(marker, MARKER)
+    _save(host, "maint boot cpu baseline", _state(host, BASELINE, {"time": _now(), **now}),
+          *([_state(host, MARKER, None)] if pending else []))
     return 0

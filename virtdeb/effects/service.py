@@ -6,7 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
+from virtdeb import fsio
 from virtdeb.effects import Change, Record
+from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
 
 # -- restarting the running daemon (issue 4) -----------------------------------
@@ -16,11 +18,11 @@ PIDFILE = "/run/dnsmasq/dnsmasq.pid"
 def dnsmasq_running(host: Host) -> bool:
     """Whether the system dnsmasq daemon runs (its pidfile names a live dnsmasq)."""
     try:
-        pid = int(host.path(PIDFILE).read_text().strip())
-        comm = host.path(f"/proc/{pid}/comm").read_text().strip()
-    except (OSError, ValueError):
+        pid = int((fsio.read_bytes(host.path(PIDFILE), PIDFILE) or b"").strip())
+        comm = fsio.read_bytes(host.path(f"/proc/{pid}/comm"), f"/proc/{pid}/comm")
+    except (VirtdebError, ValueError):
         return False
-    return comm == "dnsmasq"
+    return (comm or b"").strip() == b"dnsmasq"
 
 
 @dataclass

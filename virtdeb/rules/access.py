@@ -1,7 +1,8 @@
 """Rule ``access`` (README.Debian "Access Control"): the ``libvirt`` group.
 
 Membership in the ``libvirt`` system group lets a user manage the system
-libvirtd (polkit rule of libvirt-daemon-system).  The group is created the way
+libvirtd (libvirt's polkit rule 60-libvirt.rules: of libvirt-daemon-system in
+Debian 12, of libvirt-daemon-common in 13 and later).  The group is created the way
 ``addgroup --system libvirt`` would (first free GID in adduser's system range)
 and the users named in ``[access] users`` are made members, in /etc/group and
 /etc/gshadow.  Membership is root-equivalent: libvirt's whole API, including

@@ -53,11 +53,11 @@ def logging_changes(host: Host, filters: str | None, outputs: str | None,
     """Set (strings) or remove (None) log_filters and log_outputs in libvirtd.conf.
 
     An existing key is changed where it is, every duplicate too; a new one is
-    appended.  The file belongs to libvirt-daemon: the change is ``foreign``.
+    appended.  The file belongs to libvirt's daemon package: the change is ``foreign``.
     """
     if not host.path(CONF).exists():
-        raise UsageError(f"{CONF} does not exist: is libvirt-daemon-system installed?"
-                         " (--root DIR names another system)")
+        raise UsageError(f"{CONF} does not exist: is libvirt's daemon installed"
+                         " (apt install libvirt-daemon-system)? (--root DIR names another system)")
     with Editor(host, CONF, LENS, rule=rule, foreign=True) as ed:
         for key, value in (("log_filters", filters), ("log_outputs", outputs)):
             existing = ed.match(key)
@@ -81,7 +81,7 @@ class Debug(Rule):
     def check(self) -> list[Finding]:
         if not self.host.path(CONF).exists():
             return [self.finding(Status.NA, f"no {CONF}",
-                                 "libvirt-daemon-system is not installed here")]
+                                 "libvirt's daemon is not installed here (libvirt-daemon-system)")]
         with Editor(self.host, CONF, LENS) as ed:
             settings = log_settings(ed)
         shown = ", ".join(f'{k}="{v}"' for k, v in settings.items()) or "libvirt's defaults"
