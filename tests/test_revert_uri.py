@@ -22,6 +22,7 @@ from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
 
 URI = "test:///default"
+NOWHERE = "qemu+unix:///system?socket=/nonexistent/virtdeb-test-sock"
 UUID = "6d1c3d5e-1b7a-4c55-9a53-0000000000{n:02d}"
 NET = ("<network><name>vdrevert{n}</name><uuid>{uuid}</uuid><bridge name='vdrv{n}'/>"
        "<ip address='10.250.{n}.1' netmask='255.255.255.0'/></network>")
@@ -50,8 +51,8 @@ def test_connect_overrides_the_recorded_uri(tmp_path: Path) -> None:
     conn = libvirt.open(URI)
     try:
         Journal(Host(root=tmp_path, uri=URI)).apply([network_change(2)], "test")
-        with pytest.raises(LibvirtError, match="cannot connect to test:///nonexistent.xml"):
-            Journal(Host(root=tmp_path)).revert(connect="test:///nonexistent.xml")
+        with pytest.raises(LibvirtError, match="cannot connect to qemu+unix:///system"):
+            Journal(Host(root=tmp_path)).revert(connect=NOWHERE)
         assert conn.networkLookupByName("vdrevert2").isActive(), "nothing was reverted"
         Journal(Host(root=tmp_path)).revert(connect=URI)
         assert "vdrevert2" not in conn.listNetworks() + conn.listDefinedNetworks()
