@@ -9,6 +9,7 @@ started and marked autostart, and a domain redefined.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import libvirt
@@ -51,7 +52,7 @@ def test_connect_overrides_the_recorded_uri(tmp_path: Path) -> None:
     conn = libvirt.open(URI)
     try:
         Journal(Host(root=tmp_path, uri=URI)).apply([network_change(2)], "test")
-        with pytest.raises(LibvirtError, match="cannot connect to qemu+unix:///system"):
+        with pytest.raises(LibvirtError, match=re.escape(f"cannot connect to {NOWHERE}")):
             Journal(Host(root=tmp_path)).revert(connect=NOWHERE)
         assert conn.networkLookupByName("vdrevert2").isActive(), "nothing was reverted"
         Journal(Host(root=tmp_path)).revert(connect=URI)
