@@ -23,7 +23,7 @@ log = logging.getLogger("virtdeb")
 # Modules that add subcommands: each has add_parser(subparsers) -> None and sets
 # the parser's ``func`` default to a handler (args) -> int.
 EXTRA_COMMANDS: list[str] = ["virtdeb.commands.acl", "virtdeb.commands.debug",
-                             "virtdeb.commands.cpu_check"]
+                             "virtdeb.commands.cpu_check", "virtdeb.commands.cpu_baseline"]
 # The subcommands defined here; for these the modules above are not imported
 # (they cost start-up time that doctor, run by scripts, should not pay).
 OWN_COMMANDS = ("doctor", "apply", "revert")

@@ -126,7 +126,22 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
     elif result["broken"]:
         log.warning("cpu: check them with: virtdeb cpu-check; fix with:"
                     " virtdeb cpu-check --fix disable-missing")
+    result["fleet"] = fleet_check(host)
     _save(host, f"maint {reason} cpu report", _state(host, LAST_REPORT, result))
+    return result
+
+
+def fleet_check(host: Host) -> dict[str, Any] | None:
+    """The saved fleet baseline (``virtdeb cpu-baseline --save``) against this host now."""
+    from virtdeb.cpu.baseline import check_local  # it imports this module
+
+    try:
+        result = check_local(host)
+    except VirtdebError as exc:
+        log.warning("cpu: cannot compare the saved fleet baseline now: %s", exc.message)
+        return None
+    for problem in [] if result is None else result["problems"]:
+        log.warning("cpu: %s", problem)
     return result
 
 

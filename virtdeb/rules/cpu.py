@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from virtdeb.cpu import CHECK_HINT
 from virtdeb.cpu.compare import inspect
-from virtdeb.cpu.microcode import BASELINE, LAST_REPORT, MARKER, read_json
+from virtdeb.cpu.microcode import BASELINE, LAST_REPORT, MARKER, STATE, read_json
 from virtdeb.errors import VirtdebError
 from virtdeb.rules import Finding, Rule, Status, register
 
@@ -25,7 +25,26 @@ class Cpu(Rule):
     title = "domains' CPU models fit the host CPU"
 
     def check(self) -> list[Finding]:
-        return self._domains() + self._microcode()
+        return self._domains() + self._microcode() + self._fleet()
+
+    def _fleet(self) -> list[Finding]:
+        """The fleet baseline saved here by ``virtdeb cpu-baseline --save``, if any."""
+        if not self.host.path(f"{STATE}/fleet.json").exists():
+            return []  # the usual case: no import of the fleet engine
+        from virtdeb.cpu.baseline import FLEET_STATE, check_local
+
+        try:
+            result = check_local(self.host)
+        except VirtdebError as exc:
+            return [self.finding(Status.WARN, "cannot compare the saved fleet baseline:"
+                                 f" {exc.message}", "start libvirtd, or pass --connect URI")]
+        if result is None:
+            return []
+        if result["problems"]:
+            return [self.finding(Status.FAIL, p, "virtdeb cpu-baseline URI...")
+                    for p in result["problems"]]
+        return [self.finding(Status.PASS, f"this host gives the fleet's CPU baseline saved"
+                             f" {result['saved']} ({FLEET_STATE})")]
 
     def _domains(self) -> list[Finding]:
         try:

@@ -1,0 +1,95 @@
+"""``virtdeb cpu-baseline [--json] [--save] [--domain NAME...] [--timeout S] URI...``
+
+The CPU every host of a fleet can give, and which guests can move where
+(engine: :mod:`virtdeb.cpu.baseline`).  Without a URI: this host's
+qemu:///system.  Exit 0 when every host answered, the baseline was computed
+and every host accepts it, and nothing was lost since a saved baseline; 1
+otherwise; 2 on a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from virtdeb.cpu import baseline
+from virtdeb.errors import UsageError
+from virtdeb.host import DEFAULT_URI, Host
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser("cpu-baseline", help="the CPU every host can give; which guests can"
+                       " move where", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("uris", nargs="*", metavar="URI",
+                   help=f"libvirt URIs of the hosts (default {DEFAULT_URI})")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (the baseline as <cpu> XML)")
+    p.add_argument("--save", action="store_true",
+                   help=f"record the result in {baseline.FLEET_STATE}; later runs say what"
+                        " changed")
+    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
+                   help="only these domains (default: every defined domain)")
+    p.add_argument("--timeout", type=float, default=baseline.DEFAULT_TIMEOUT, metavar="S",
+                   help="seconds to wait for a host, in each of the two rounds of questions"
+                        f" (default {baseline.DEFAULT_TIMEOUT:g})")
+    p.add_argument("--root", default="/", metavar="DIR",
+                   help="the saved baseline lives under DIR (default /)")
+    p.set_defaults(func=cmd_cpu_baseline)
+
+
+def cmd_cpu_baseline(args: argparse.Namespace) -> int:
+    if args.timeout <= 0:
+        raise UsageError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
+    local = Host(root=Path(args.root))
+    # --domain NAME... swallows the URIs after it; libvirt refuses '/' in a domain name
+    # (and a URI has '://'), so they are told apart
+    words = [n for group in args.domain for n in group]
+    names = [w for w in words if "/" not in w]
+    uris = [*args.uris, *(w for w in words if "/" in w)]
+    saved = baseline.load_saved(local)
+    fleet = baseline.survey(uris or [DEFAULT_URI], names, args.timeout)
+    try:
+        result = fleet.as_json()
+    finally:
+        baseline.close(fleet)
+    changes = [] if saved is None else baseline.drift(saved, result)
+    if saved is not None:
+        result["since_saved"] = {"time": saved.get("time"),
+                                 "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
+    entry = None
+    if args.save:
+        entry = baseline.save(local, carry_over(saved, result))
+        result["saved_to"] = baseline.FLEET_STATE
+        result["journal"] = entry
+    if args.json:
+        json.dump(result, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write(baseline.render(result, changes,
+                                         None if saved is None else str(saved.get("time"))))
+        if args.save:
+            print(f"saved to {baseline.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
+                  f" virtdeb revert {entry})" if entry else " (unchanged)"))
+    base = result["baseline"]
+    bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None
+           or bool(base["refused_by"]) or any(c.loss for c in changes))
+    return 1 if bad else 0
+
+
+def carry_over(saved: dict[str, Any] | None, result: dict[str, Any]) -> dict[str, Any]:
+    """What --save records: a host that did not answer keeps its saved entry (the next
+    run still compares it with what it said then)."""
+    before = {h["uri"]: h for h in (saved or {}).get("hosts", []) if h.get("ok")}
+    hosts = []
+    for h in result["hosts"]:
+        if not h["ok"] and h["uri"] in before:
+            assert saved is not None
+            old = before[h["uri"]]
+            h = {**old, "label": h["label"],
+                 "carried_from": old.get("carried_from") or saved.get("time")}
+        hosts.append(h)
+    return {**result, "hosts": hosts}
