@@ -11,7 +11,7 @@ DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian
 	python3-debconf python3-pytest python3-hypothesis python3-mypy python3-venv \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	bridge-utils iptables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \
-	apt-listchanges
+	apt-listchanges ansible-core ansible-lint openssh-client
 
 .PHONY: all deps lint unit test check check-full demo bench clean
 all: check
@@ -39,10 +39,11 @@ unit: deps
 
 test: lint unit
 
-# Everything: lint and types, the package, pytest (unit and integration; the
-# chroots let the apt tests run real apt with the built package), lintian,
-# autopkgtest and piuparts.
-check: lint package image safety-image demo-image unit lintian autopkgtest piuparts
+# Everything: lint and types, the package (built once), and for each of SUITES
+# (bookworm trixie sid, mk/suites.mk) pytest (unit and integration) inside that
+# suite's chroot, its lintian, autopkgtest and piuparts; the chroots let the apt
+# tests run real apt with the built package.  `make unit` runs pytest on the host.
+check: lint package image safety-image demo-image suites upgrade-test
 check-full: check
 
 clean:

@@ -33,3 +33,10 @@ $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list:
 		--customize-hook='printf "#!/bin/sh\n# virtdeb demo: never start services\nexit 101\n" > "$$1/usr/sbin/policy-rc.d"; chmod 755 "$$1/usr/sbin/policy-rc.d"' \
 		$(DEMO_SUITE) $(DEMO_IMAGE).new "deb $(DEMO_MIRROR) $(DEMO_SUITE) main"
 	rm -rf $(DEMO_IMAGE) && mv $(DEMO_IMAGE).new $(DEMO_IMAGE)
+
+# One command on a fresh machine: the dependency step of `make check`, the package,
+# the chroot, then the story (tests/demo_story.py) against the chroot's own libvirtd.
+demo: deps package demo-image
+	@echo "virtdeb demo: Debian $(DEMO_SUITE) chroot $(DEMO_IMAGE)"
+	cd $(DEMO_TOP) && $(DEMO_ENV) PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m tests.demo_story \
+		--image $(DEMO_IMAGE) --deb $(PKG_DEB)

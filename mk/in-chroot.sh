@@ -15,7 +15,7 @@ CHROOT=$(realpath "$1")
 TREE=$(realpath "$2")
 shift 2
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-test -x "$CHROOT/usr/bin/python3" || { echo "$0: $CHROOT is no chroot with python3" >&2; exit 2; }
+test -x "$CHROOT/bin/sh" || { echo "$0: $CHROOT is no chroot (no /bin/sh)" >&2; exit 2; }
 
 exec unshare --mount --propagation private -- sh -eu -c '
     R=$1 T=$2; shift 2

@@ -6,7 +6,7 @@
 #   make image          bookworm minbase chroot (dir + tar) cached in .cache/
 #   make autopkgtest    debian/tests/control in a throwaway unshare container
 #   make piuparts       install/purge and upgrade-from-older-version tests
-#   make demo           install into a throwaway chroot, show doctor and the /etc diff
+#   (make demo: mk/demo.mk)
 #
 # Nothing here changes the host outside .build/, .cache/ and temporary
 # directories, except `deps-package` (apt-get install) and `subids` (one
@@ -22,7 +22,8 @@ PKG_BUILD := $(PKG_TOP)/.build
 PKG_CACHE := $(PKG_TOP)/.cache
 PKG_SUITE := bookworm
 PKG_NAME := virtdeb
-PKG_VERSION := $(shell dpkg-parsechangelog -l $(PKG_TOP)/debian/changelog -S Version 2>/dev/null)
+# read with sed, not dpkg-parsechangelog: on a fresh machine dpkg-dev comes only with `deps`
+PKG_VERSION := $(shell sed -n "1s/^[^(]*(\([^)]*\)).*/\1/p" $(PKG_TOP)/debian/changelog)
 PKG_DEB := $(PKG_BUILD)/$(PKG_NAME)_$(PKG_VERSION)_all.deb
 # the version piuparts upgrades from (built from this tree, or PKG_PREV_DEB=...)
 PKG_OLD_VERSION ?= 0.0.9
@@ -39,7 +40,7 @@ PKG_DEPS := build-essential debhelper dh-python pybuild-plugin-pyproject python3
 	python3-setuptools po-debconf fakeroot dpkg-dev lintian man-db autopkgtest \
 	piuparts mmdebstrap uidmap debian-archive-keyring git ca-certificates
 
-.PHONY: deps-package package package-old lintian image subids autopkgtest piuparts demo \
+.PHONY: deps-package package package-old lintian image subids autopkgtest piuparts \
 	clean-package
 
 deps-package:
@@ -130,9 +131,6 @@ piuparts: package package-old image
 		-d $(PKG_SUITE) -m $(PKG_MIRROR) --bindmount=$(PKG_BUILD)/repo \
 		--extra-repo='deb [trusted=yes] file://$(PKG_BUILD)/repo ./' \
 		--no-install-purge-test $(PKG_DEB)
-
-demo: package image
-	$(PKG_ENV) sh $(PKG_TOP)/mk/demo.sh $(PKG_IMAGE_DIR) $(PKG_DEB)
 
 clean-package:
 	rm -rf $(PKG_BUILD)

@@ -5,6 +5,7 @@
 #   make suites         for each of SUITES: pytest inside SUITE-test, lintian inside it,
 #                       autopkgtest (unshare --release SUITE), install/purge/upgrade check
 #   make suite-SUITE    the same for one suite
+#   make upgrade-test   Debian 12 -> 13 with virtdeb configured (mk/upgrade-test.sh)
 #
 # SUITES ?= bookworm trixie sid narrows it for local work; CI runs all three.
 # The mirror is the one the machine's apt sources name (mk/mirror.sh); sid's Release
@@ -27,7 +28,7 @@ SUITE_TEST_DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt pyt
 	netcat-openbsd iproute2 adduser passwd debconf debconf-utils apt-listchanges polkitd \
 	dbus-daemon dbus-bin util-linux mount lintian piuparts
 
-.PHONY: images test-chroots suites suites-prep
+.PHONY: images test-chroots suites suites-prep upgrade-test
 # the chroots are kept (not intermediate files make may delete)
 .PRECIOUS: $(SUITE_CACHE)/%-minbase/etc/os-release $(SUITE_CACHE)/%-test/etc/os-release
 
@@ -83,3 +84,7 @@ suite-%: suites-prep subids $(SUITE_CACHE)/%-minbase.tar $(SUITE_CACHE)/%-test/e
 	$(SUITE_ENV) sh $(SUITE_TOP)/mk/suite-check.sh $* $(call suite_mirror,$*)
 
 suites: $(addprefix suite-,$(SUITES))
+
+# Debian 12 -> 13 with virtdeb configured, in a throwaway copy of the bookworm image.
+upgrade-test: package $(SUITE_CACHE)/bookworm-minbase.tar
+	$(SUITE_ENV) sh $(SUITE_TOP)/mk/upgrade-test.sh $(call suite_mirror,trixie)

@@ -2,6 +2,10 @@
 
 An optional ``settings`` file in CASE holds ``section.key=value`` lines for the
 run.  ``out`` is compared with the root after apply, ignoring the journal.
+``findings`` holds what ``virtdeb doctor RULE`` says on ``in`` (lines ``before
+STATUS message``) and after the apply (``after STATUS message``), as
+lintian-brush's cases carry their message.  ``VIRTDEB_GOLDEN_UPDATE=1`` writes it
+from what the rule says now (review the diff before committing it).
 """
 
 from __future__ import annotations
@@ -37,6 +41,11 @@ def settings(case: Path) -> dict[str, str]:
         return {}
     pairs = [line.split("=", 1) for line in file.read_text().splitlines() if "=" in line]
     return {k.strip(): v.strip() for k, v in pairs}
+
+
+def findings_text(before: list[str], after: list[str]) -> str:
+    return "".join(f"before {line}\n" for line in before) + \
+        "".join(f"after {line}\n" for line in after)
 
 
 def make_root(case: Path, tmp: Path) -> Path:

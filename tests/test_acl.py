@@ -46,6 +46,18 @@ def test_grant_without_consent_leaves_libvirtd_conf(tmp_path: Path,
     assert (root / "var/lib/virtdeb/created" / RULES_FILE.lstrip("/")).is_file()
 
 
+def test_created_marker_comes_before_the_rules_file(tmp_path: Path) -> None:
+    """An apply interrupted between the two leaves a marker, never an unmarked file."""
+    from virtdeb.edit import CREATED_DIR
+    from virtdeb.host import Host
+    from virtdeb.journal import Journal
+
+    root = fake_root(tmp_path)
+    assert main(["acl", "grant", "daemon", "--read-only", "--root", str(root)]) == 0
+    [entry] = Journal(Host(root=root)).entries()
+    assert entry.targets() == [CREATED_DIR + RULES_FILE, RULES_FILE]
+
+
 def test_grant_with_consent_revoke_revert(tmp_path: Path,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     root = fake_root(tmp_path)

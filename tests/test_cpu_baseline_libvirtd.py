@@ -30,6 +30,8 @@ import pytest
 
 from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
 from virtdeb.cpu import baseline as b
+from virtdeb.cpu import domcaps as dc
+from virtdeb.cpu import fleet_host as fh
 from virtdeb.cpu import microcode
 from virtdeb.host import Host as VHost
 from virtdeb.rules import Status
@@ -315,13 +317,13 @@ def test_hosts_of_two_vendors_get_a_baseline_without_vendor(libvirtd: PrivateLib
     """Host C is this daemon's own domain capabilities with the vendor edited to another
     one; the real libvirt computes the baseline, which names no vendor and which the real
     host accepts."""
-    live = b.LibvirtHost(libvirtd.uri)
+    live = fh.LibvirtHost(libvirtd.uri)
     live.open()
     try:
         xml = live.domain_capabilities()
-        mine = b.parse_domcaps(xml)
+        mine = dc.parse_domcaps(xml)
         other = "AMD" if mine.vendor != "AMD" else "Intel"
-        edited = b.parse_domcaps(xml.replace(f"<vendor>{mine.vendor}</vendor>",
+        edited = dc.parse_domcaps(xml.replace(f"<vendor>{mine.vendor}</vendor>",
                                              f"<vendor>{other}</vendor>", 1))
         assert edited.vendor == other
         hosts = [b.HostResult("qemu+ssh://a/system", "A", live, version="9.0.0", caps=mine),
@@ -345,13 +347,13 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
     conn.defineXML(domain_xml("fits", host_model_cpu(conn)))
     conn.close()
 
-    class StopsC(b.LibvirtHost):
+    class StopsC(fh.LibvirtHost):
         def baseline(self, cpu_xmls: Any, arch: str, virttype: str) -> str:
             c.stop()  # between the first round and the comparisons
             return super().baseline(cpu_xmls, arch, virttype)
 
     fleet = b.survey([h.uri for h in hosts], timeout=10,
-                     opener=lambda uri: StopsC(uri) if uri == a.uri else b.LibvirtHost(uri))
+                     opener=lambda uri: StopsC(uri) if uri == a.uri else fh.LibvirtHost(uri))
     try:
         result = fleet.as_json()
     finally:

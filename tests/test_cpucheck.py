@@ -284,3 +284,21 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
             assert compare(conn, conn.lookupByName(name)) >= 1
     finally:
         conn.close()
+
+
+def test_text_report_one_line_per_definition(libvirtd: Any, domains: dict[str, Any],
+                                             tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path))
+    assert code == 1
+    lines = out.splitlines()
+    twins = [line for line in lines if line.startswith("tsx, tsx-twin (2 domains, shut off, ")]
+    assert len(twins) == 1 and "INCOMPATIBLE: missing features: " in twins[0]
+    assert not [line for line in lines if line.startswith(("tsx (", "tsx-twin ("))]
+    # incompatible definitions first, then the rest; one line each, then the summary
+    assert [line.split(" (")[0] for line in lines[:4]] == ["intel", "tsx, tsx-twin", "fits",
+                                                           "loose"]
+    assert "of 7 domains have a custom CPU model" in lines[4]
+    # --json stays per domain
+    _, data = check_json(capsys, libvirtd.uri, tmp_path)
+    assert {"tsx", "tsx-twin"} <= {d["domain"] for d in data["domains"]}

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from virtdeb.debconf_answers import QUESTIONS, read_answers
+from virtdeb import config
+from virtdeb.debconf_answers import questions, read_answers
 
 
 class FakeDebconf:
@@ -46,8 +47,7 @@ def test_unknown_questions_and_bad_values_left_out() -> None:
 
 
 def test_answers_are_valid_config_overrides() -> None:
-    config = pytest.importorskip("virtdeb.config")
-    db = FakeDebconf({q: "" for q in QUESTIONS} | {
+    db = FakeDebconf({q: "" for q in questions()} | {
         "virtdeb/xend_http_server": "true", "virtdeb/cpu_on_microcode": "nothing"})
     parsed = config.Config.parse("", overrides=read_answers(db))
     assert parsed.get("xend", "http_server") == "yes"
@@ -61,7 +61,7 @@ def test_templates_match_questions() -> None:
         pytest.skip("source tree only")
     names = {line.split(":", 1)[1].strip() for line in templates.read_text().splitlines()
              if line.startswith("Template:")}
-    assert names == set(QUESTIONS)
+    assert names == set(questions())
 
 
 # -- the real protocol: a debconf frontend, a script that sourced confmodule ---

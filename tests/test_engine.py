@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from virtdeb import cli, fsio
-from virtdeb.config import Config, save_changes
+from virtdeb.config import Config
+from virtdeb.debconf_answers import save_changes
 from virtdeb.edit import Editor
 from virtdeb.effects import ConflictError
 from virtdeb.effects.file import FileChange
@@ -22,9 +23,8 @@ from virtdeb.journal import Journal
 from virtdeb.report import findings_text
 from virtdeb.rules import Finding, Status
 
-XEND = Path(__file__).resolve().parents[2] / "shared/data/xen-4.2/xend-config.sxp"
-if not XEND.exists():  # the clean clone CI makes sits beside shared/ too
-    XEND = Path(__file__).resolve().parent / "cases/xend/real-4.2/in/etc/xen/xend-config.sxp"
+# Xen 4.2's xend-config.sxp as Debian shipped it (kept in git by its golden case).
+XEND = Path(__file__).resolve().parent / "cases/xend/real-4.2/in/etc/xen/xend-config.sxp"
 CONF = "/etc/xen/xend-config.sxp"
 
 

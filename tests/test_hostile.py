@@ -38,7 +38,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.harness import faults as fl
-from virtdeb import cli
+from virtdeb import apthook, cli
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, VirtdebError
 from virtdeb.host import Host
@@ -380,7 +380,6 @@ def test_fifo_in_place_of_a_file(pristine: Pristine, tally: dict[str, int], path
 @pytest.mark.parametrize("kind", sorted(GARBAGE) if fl.FULL else FAST_GARBAGE)
 def test_domain_xml_for_the_apt_hook(pristine: Pristine, tally: dict[str, int],
                                      kind: str) -> None:
-    apthook = pytest.importorskip("virtdeb.apthook")
     good = (b"<domain type='kvm'><name>vm</name><cpu mode='custom' match='exact'>"
             b"<model fallback='forbid'>Haswell</model></cpu></domain>\n")
     root, _outside = pristine.copy()
@@ -440,7 +439,6 @@ STREAMS = {
 
 @pytest.mark.parametrize("kind", sorted(STREAMS))
 def test_apt_hook_stream(pristine: Pristine, tally: dict[str, int], kind: str) -> None:
-    apthook = pytest.importorskip("virtdeb.apthook")
     code, err = _hook(apthook, STREAMS[kind], pristine.src)
     assert code == 0, err
     assert "Traceback" not in err
@@ -452,7 +450,6 @@ def test_apt_hook_stream(pristine: Pristine, tally: dict[str, int], kind: str) -
     lambda body: V3 + body.encode(),
     st.text(alphabet="intel-microcode amd64 same <>=-*REMOVE*CONFIGURE 0123.\n:", max_size=600)))
 def test_apt_hook_fuzz(pristine: Pristine, tally: dict[str, int], data: bytes) -> None:
-    apthook = pytest.importorskip("virtdeb.apthook")
     code, err = _hook(apthook, data, pristine.src)
     assert code == 0
     assert "Traceback" not in err

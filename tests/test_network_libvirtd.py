@@ -168,3 +168,48 @@ def test_autostart_default_no_changes_nothing(libvirtd: PrivateLibvirtd, libvirt
     finally:
         host.close()
 
+
+
+def test_packaged_definition_on_a_used_subnet_is_moved(
+        libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> None:
+    """libvirt-daemon-config-network defines 'default' on 192.168.122.0/24 on install; a host
+    that already has an address there cannot start it: virtdeb moves it, revert moves it back."""
+    from virtdeb.rules.network import NetworkMove
+
+    host = make_host(libvirtd, tmp_path)
+    packaged = libvirt_conn.networkDefineXML(REAL_TEMPLATE.read_text() if REAL_TEMPLATE.exists()
+                                             else BUILTIN_TEMPLATE)
+    before = packaged.XMLDesc(1)
+    libvirtd.add_address("192.168.122.5/24")
+    [first, *_] = Network(host)._check_network()
+    assert first.status is Status.FAIL
+    assert "192.168.122.0/24 is in use on this host" in first.message
+    assert "moves it to 192.168.123.0/24" in first.hint
+    changes = apply(host)
+    assert any(isinstance(c, NetworkMove) for c in changes)
+    assert "moved from 192.168.122.0/24" in changes[0].diff()
+    net = libvirt_conn.networkLookupByName("default")
+    assert net.isActive() and net.autostart()
+    assert net.UUIDString() == packaged.UUIDString()
+    assert virbr0_addresses(libvirtd) == ["192.168.123.1/24"]
+    assert [f.status for f in Network(host)._check_network()] == [Status.PASS, Status.PASS]
+    assert Network(host).plan() == []
+    _, messages = Journal(host).revert()
+    assert any("its previous definition defined again" in m for m in messages)
+    net = libvirt_conn.networkLookupByName("default")
+    assert not net.isActive() and not net.autostart()
+    assert net.XMLDesc(1) == before
+
+
+def test_a_network_virtdeb_knows_is_not_moved(
+        libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> None:
+    """Once virtdeb has looked after an admin's 'default', a collision is only reported."""
+    host = make_host(libvirtd, tmp_path)
+    libvirt_conn.networkDefineXML(BUILTIN_TEMPLATE)
+    state = host.path(STATE)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text('{"defined_by_virtdeb": false, "network": "default"}\n')
+    libvirtd.add_address("192.168.122.5/24")
+    changes = Network(host).plan()
+    assert [type(c).__name__ for c in changes] == ["NetworkChange"]
+    assert changes[0].define_xml is None  # type: ignore[attr-defined]

@@ -18,10 +18,13 @@ from virtdeb import cli
 from virtdeb.errors import UsageError
 from virtdeb.rules import select
 
-# Imported by `virtdeb doctor xend` before this work, needed by none of its steps.
+# Imported by `virtdeb doctor xend` before this work, needed by none of its steps.  (Every
+# rule module is imported, for its declarations (config's schema); they import their
+# engines, the journal and the effects that talk to libvirt where they use them.)
 NOT_FOR_DOCTOR = ("virtdeb.commands.acl", "virtdeb.commands.debug", "virtdeb.commands.cpu_check",
-                  "virtdeb.cpu", "virtdeb.effects.domain", "virtdeb.journal",
-                  "virtdeb.rules.cpu", "virtdeb.rules.network", "difflib", "uuid")
+                  "virtdeb.cpu.compare", "virtdeb.cpu.microcode", "virtdeb.effects.domain",
+                  "virtdeb.journal", "libvirt", "difflib", "uuid")
+
 
 PROBE = """
 import json, sys

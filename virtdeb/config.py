@@ -16,16 +16,15 @@ file and line.
 from __future__ import annotations
 
 import configparser
+import functools
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtdeb import fsio
-from virtdeb.edit import Editor
-from virtdeb.effects import Change
 from virtdeb.errors import ParseError, UsageError
-from virtdeb.host import Host
+from virtdeb.rules import Setting, flag, words
 
 # The files of other packages virtdeb may edit only with the admin's say.
 FOREIGN_FILES = {
@@ -35,41 +34,22 @@ FOREIGN_FILES = {
     "libvirtd.conf": "/etc/libvirt/libvirtd.conf",
 }
 
-Validator = Callable[[str], str | None]
-
-
-def _words(allowed: set[str] | None = None) -> Validator:
-    def check(value: str) -> str | None:
-        if allowed is None:
-            return None
-        bad = [w for w in value.split() if w not in allowed]
-        if bad:
-            return f"unknown value {bad[0]!r} (choose from {', '.join(sorted(allowed))})"
-        return None
-    return check
-
-
-def _choice(*allowed: str) -> Validator:
-    def check(value: str) -> str | None:
-        if value not in allowed:
-            return f"{value!r} is not one of {', '.join(allowed)}"
-        return None
-    return check
-
-
-_BOOL = _choice("yes", "no")
-
-# section -> key -> (default, validator)
-SCHEMA: dict[str, dict[str, tuple[str, Validator]]] = {
-    "virtdeb": {"allow_edit": ("", _words(set(FOREIGN_FILES)))},
-    "xend": {"http_server": ("no", _BOOL)},
-    "network": {"autostart_default": ("yes", _BOOL), "recreate_default": ("no", _BOOL)},
-    "bridge": {"allow": ("", _words()), "setuid_fallback": ("no", _BOOL)},
-    "access": {"users": ("", _words()), "prune": ("no", _BOOL)},
-    "qemu": {"clear_emulator_capabilities": ("keep", _choice("keep", "0"))},
-    "cpu": {"on_microcode": ("warn", _choice("warn", "fix", "nothing"))},
-    "apt": {"block_on_fragile": ("no", _BOOL)},
+# The sections that are no rule's: virtdeb's own, and the apt hook's.
+OWN: dict[str, dict[str, Setting]] = {
+    "virtdeb": {"allow_edit": words(allowed=tuple(FOREIGN_FILES),
+                                    question="virtdeb/allow_edit")},
 }
+TAIL: dict[str, dict[str, Setting]] = {"apt": {"block_on_fragile": flag("no")}}
+
+
+@functools.cache
+def schema() -> dict[str, dict[str, Setting]]:
+    """section -> key -> Setting: OWN, every rule's declared ``settings``, TAIL."""
+    from virtdeb.rules import load_all
+
+    rules = {name: dict(rule.settings) for name, rule in load_all().items() if rule.settings}
+    return {**OWN, **rules, **TAIL}
+
 
 _LINE_KEY = re.compile(r"^\s*([^=:\s]+)\s*[=:]")
 
@@ -92,9 +72,9 @@ def _line_of(text: str, section: str, key: str | None) -> int | None:
 def check_setting(dotted: str, value: str, origin: str = "--set") -> tuple[str, str]:
     """``(section, key)`` of a valid ``section.key`` setting, or a UsageError."""
     section, _, key = dotted.partition(".")
-    if key not in SCHEMA.get(section, {}):
+    if key not in schema().get(section, {}):
         raise UsageError(f"{origin} {dotted}: no such setting")
-    problem = SCHEMA[section][key][1](" ".join(value.split()))
+    problem = schema()[section][key].problem(" ".join(value.split()))
     if problem:
         raise UsageError(f"{origin} {dotted}: {problem}")
     return section, key
@@ -119,7 +99,8 @@ class Config:
 
     @classmethod
     def defaults(cls) -> Config:
-        return cls({(s, k): d for s, keys in SCHEMA.items() for k, (d, _) in keys.items()})
+        return cls({(s, k): setting.default for s, keys in schema().items()
+                    for k, setting in keys.items()})
 
     @classmethod
     def parse(cls, text: str, path: str = "/etc/virtdeb/virtdeb.conf",
@@ -142,19 +123,20 @@ class Config:
             raise ParseError(path, lineno, None, "not a 'key = value' line") from exc
         values = dict(cls.defaults().values)
         lines: dict[tuple[str, str], int] = {}
+        known = schema()
         for section in parser.sections():
-            if section not in SCHEMA:
+            if section not in known:
                 raise ParseError(path, _line_of(text, section, None), None,
                                  f"unknown section [{section}]"
-                                 f" (known: {', '.join(SCHEMA)})")
+                                 f" (known: {', '.join(known)})")
             for key, value in parser.items(section):
-                if key not in SCHEMA[section]:
+                if key not in known[section]:
                     raise ParseError(path, _line_of(text, section, key), None,
                                      f"unknown key {key!r} in [{section}]"
-                                     f" (known: {', '.join(SCHEMA[section])})")
+                                     f" (known: {', '.join(known[section])})")
                 value = " ".join(value.split())
                 line = _line_of(text, section, key)
-                problem = SCHEMA[section][key][1](value)
+                problem = known[section][key].problem(value)
                 if problem:
                     raise ParseError(path, line, None, f"[{section}] {key}: {problem}")
                 values[(section, key)] = value
@@ -188,29 +170,3 @@ class Config:
         """Whether the admin allowed virtdeb to change this file of another package."""
         allowed = {FOREIGN_FILES[name] for name in self.words("virtdeb", "allow_edit")}
         return abspath in allowed
-
-
-
-HEADER = ("virtdeb configuration, see virtdeb(8). dpkg-reconfigure virtdeb writes the"
-          " answers here; your own edits and comments are kept.")
-
-
-def save_changes(host: Host, settings: Mapping[str, str], rule: str = "config") -> list[Change]:
-    """The edit of /etc/virtdeb/virtdeb.conf that records ``settings`` (section.key -> value).
-
-    Only settings whose value differs from what the file says now are written;
-    a new file gets every setting, so it documents itself.  Comments stay.
-    """
-    current = Config.load(host.config_path)
-    shown = current.path
-    with Editor(host, shown, "Virtdebconf.lns", rule=rule) as ed:
-        if not ed.exists:
-            ed.set("#comment", HEADER)
-        for dotted, value in settings.items():
-            section, key = check_setting(dotted, value, "debconf")
-            value = " ".join(value.split())
-            if ed.exists and current.get(section, key) == value:
-                continue
-            existing = ed.match(f"{section}/{key}")  # at most one: Config.load checked
-            ed.set(existing[0] if existing else f"{section}/{key}", value or None)
-    return list(ed.changes)

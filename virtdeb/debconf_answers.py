@@ -2,7 +2,8 @@
 
 The templates are in debian/templates; debian/config puts the values of
 /etc/virtdeb/virtdeb.conf into debconf before asking (the file is the truth),
-and ``virtdeb.maint`` writes these answers back into the file.
+and ``virtdeb.maint`` writes these answers back into the file
+(:func:`save_changes`).
 
 Under a debconf frontend (a maintainer script that sourced confmodule, which
 sets ``DEBIAN_HAS_FRONTEND``) the protocol runs on stdin and fd 3; elsewhere
@@ -15,7 +16,14 @@ import logging
 import os
 import sys
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from virtdeb.effects import Change
+    from virtdeb.host import Host
+    from virtdeb.rules import Setting
 
 log = logging.getLogger(__name__)
 
@@ -24,33 +32,12 @@ class _DB(Protocol):
     def get(self, question: str) -> str: ...
 
 
-def _words(value: str) -> str:
-    """"a, b  c" (multiselect or a string list) -> "a b c"."""
-    return " ".join(value.replace(",", " ").split())
+def questions() -> dict[str, tuple[str, Setting]]:
+    """debconf question -> (virtdeb.conf "section.key", its Setting), from the declarations."""
+    from virtdeb.config import schema
 
-
-def _yes_no(value: str) -> str:
-    return "yes" if value.strip() == "true" else "no"
-
-
-def _one_of(*allowed: str) -> Callable[[str], str]:
-    def convert(value: str) -> str:
-        value = value.strip()
-        if value not in allowed:
-            raise ValueError(f"{value!r} is not one of {', '.join(allowed)}")
-        return value
-    return convert
-
-
-# debconf question -> (virtdeb.conf "section.key", conversion)
-QUESTIONS: dict[str, tuple[str, Callable[[str], str]]] = {
-    "virtdeb/allow_edit": ("virtdeb.allow_edit", _words),
-    "virtdeb/access_users": ("access.users", _words),
-    "virtdeb/bridge_allow": ("bridge.allow", _words),
-    "virtdeb/xend_http_server": ("xend.http_server", _yes_no),
-    "virtdeb/network_autostart": ("network.autostart_default", _yes_no),
-    "virtdeb/cpu_on_microcode": ("cpu.on_microcode", _one_of("warn", "fix", "nothing")),
-}
+    return {s.question: (f"{section}.{key}", s) for section, keys in schema().items()
+            for key, s in keys.items() if s.question}
 
 
 def _open() -> tuple[Any, Callable[[], None]]:
@@ -87,14 +74,14 @@ def read_answers(db: _DB | None = None) -> dict[str, str]:
             return {}
     answers: dict[str, str] = {}
     try:
-        for question, (key, convert) in QUESTIONS.items():
+        for question, (key, setting) in questions().items():
             try:
                 raw = db.get(question)
             except Exception as exc:  # noqa: BLE001 - DebconfError(10): unknown question
                 log.debug("debconf %s: %s", question, exc)
                 continue
             try:
-                answers[key] = convert(raw)
+                answers[key] = setting.from_debconf(raw)
             except ValueError as exc:
                 log.warning("debconf %s: %s; ignored", question, exc)
     finally:
@@ -103,3 +90,31 @@ def read_answers(db: _DB | None = None) -> dict[str, str]:
         except Exception:  # noqa: BLE001, S110 - closing a finished pipe
             pass
     return answers
+
+
+HEADER = ("virtdeb configuration, see virtdeb(8). dpkg-reconfigure virtdeb writes the"
+          " answers here; your own edits and comments are kept.")
+
+
+def save_changes(host: Host, settings: Mapping[str, str], rule: str = "config") -> list[Change]:
+    """The edit of /etc/virtdeb/virtdeb.conf that records ``settings`` (section.key -> value).
+
+    Only settings whose value differs from what the file says now are written;
+    a new file gets every setting, so it documents itself.  Comments stay.
+    """
+    from virtdeb.config import Config, check_setting
+    from virtdeb.edit import Editor
+
+    current = Config.load(host.config_path)
+    shown = current.path
+    with Editor(host, shown, "Virtdebconf.lns", rule=rule) as ed:
+        if not ed.exists:
+            ed.set("#comment", HEADER)
+        for dotted, value in settings.items():
+            section, key = check_setting(dotted, value, "debconf")
+            value = " ".join(value.split())
+            if ed.exists and current.get(section, key) == value:
+                continue
+            existing = ed.match(f"{section}/{key}")  # at most one: Config.load checked
+            ed.set(existing[0] if existing else f"{section}/{key}", value or None)
+    return list(ed.changes)

@@ -83,6 +83,17 @@ def created_marker(host: Host, rule: str, path: str) -> FileChange:
     return FileChange(rule, marker, before, b"", mode=0o644)
 
 
+def owned(host: Host, change: FileChange) -> list[FileChange]:
+    """``change`` of a file virtdeb owns, with its ownership marker when it creates the file.
+
+    The marker comes first: an apply interrupted between the two must not leave a
+    file virtdeb created without the marker that lets purge remove it.
+    """
+    if change.before is None and change.after is not None:
+        return [created_marker(host, change.rule, change.target), change]
+    return [change]
+
+
 def was_created(host: Host, path: str) -> bool:
     """Whether virtdeb created ``path`` (and its marker is still there)."""
     return host.path(CREATED_DIR + path).is_file()
@@ -117,16 +128,10 @@ class Editor:
 
     @property
     def changes(self) -> list[FileChange]:
-        """The change, and for a file virtdeb owns and creates, its ownership marker.
-
-        The marker comes first: an apply interrupted between the two must not
-        leave a file virtdeb created without the marker that lets purge remove it.
-        """
+        """The change, and for a file virtdeb owns and creates, its marker (:func:`owned`)."""
         if self.change is None:
             return []
-        if self.own and self.before is None:
-            return [created_marker(self.host, self.rule, self.path), self.change]
-        return [self.change]
+        return owned(self.host, self.change) if self.own else [self.change]
 
     def __enter__(self) -> Editor:
         self.before = fsio.read_bytes(self.host.path(self.path), self.path)
@@ -193,6 +198,27 @@ class Editor:
 
     def values(self, rel: str) -> list[str | None]:
         return [_text(self.aug.get(p)) for p in self.aug.match(self._abs(rel))]
+
+    def last(self, key: str) -> str | None:
+        """The value of the last ``key``: the one the program reading the file takes
+        (libvirt, xend); None when the key is absent or has no value."""
+        values = self.values(key)
+        return values[-1] if values else None
+
+    def ensure(self, key: str, value: str, *, after: str | None = None) -> None:
+        """Set every occurrence of ``key`` to ``value`` (a duplicate must not undo it);
+        where there is none, add it after node ``after`` if given, else at the end."""
+        existing = self.match(key)
+        for rel in existing:
+            if self.get(rel) != value:
+                self.set(rel, value)
+        if existing:
+            return
+        if after is None:
+            self.set(f"{key}[last()+1]", value)
+        else:
+            self.insert(after, key, before=False)
+            self.set(f"{key}[last()]", value)
 
     def match(self, rel: str) -> list[str]:
         return [p[len(self.tree) + 1:] for p in self.aug.match(self._abs(rel))]

@@ -80,6 +80,13 @@ def make_dirs(real: Path, mode: int = 0o755) -> None:
         os.chmod(directory, mode)  # mkdir's mode is masked by the umask
 
 
+def _unlink_if_there(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
 def sweep_temps(directory: Path) -> list[str]:
     """Remove the temporary files a killed :func:`atomic_write` left in ``directory``.
 
@@ -119,10 +126,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None, *
         check_writable(real, shown)
         sweep_temps(real.parent)
         tmp = real.parent / f".{real.name}{TEMP_SUFFIX}"
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        _unlink_if_there(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
@@ -141,10 +145,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None, *
             else:
                 os.replace(tmp, real)
         except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
+            _unlink_if_there(tmp)
             raise
         dfd = os.open(real.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:

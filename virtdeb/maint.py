@@ -28,24 +28,19 @@ from virtdeb.rules import RULES, load_all
 
 log = logging.getLogger(__name__)
 
-# Which rules a trigger name runs: a path prefix of the trigger -> rule names.
-TRIGGERS: dict[str, list[str]] = {
-    "/lib/firmware/intel-ucode": ["cpu"],
-    "/usr/lib/firmware/intel-ucode": ["cpu"],
-    "/lib/firmware/amd-ucode": ["cpu"],
-    "/usr/lib/firmware/amd-ucode": ["cpu"],
-    "/usr/lib/qemu/qemu-bridge-helper": ["bridge"],
-    "/lib/qemu/qemu-bridge-helper": ["bridge"],
-    # files of the dnsmasq daemon package (/usr/sbin/dnsmasq is dnsmasq-base's)
-    "/etc/init.d/dnsmasq": ["dnsmasq"],
-    "/lib/systemd/system/dnsmasq.service": ["dnsmasq"],
-    "/usr/lib/systemd/system/dnsmasq.service": ["dnsmasq"],
-    "/bin/nc.openbsd": ["ssh"],
-    "/usr/bin/nc.openbsd": ["ssh"],
-}
+def triggers() -> dict[str, list[str]]:
+    """Which rules a trigger name runs: a path prefix of the trigger -> rule names
+    (each rule's declared ``triggers``; debian/triggers declares the same paths)."""
+    out: dict[str, list[str]] = {}
+    for name, rule in load_all().items():
+        for prefix in rule.triggers:
+            out.setdefault(prefix, []).append(name)
+    return out
 
-# The rules postinst configure runs, in order.
-CONFIGURE_RULES = ["xend", "network", "dnsmasq", "bridge", "access", "qemu", "ssh", "cpu"]
+
+def configure_rules() -> list[str]:
+    """The rules postinst configure runs, in order (those declaring ``postinst``)."""
+    return [name for name, rule in load_all().items() if rule.postinst]
 
 
 def allowed(host: Host, change: Change) -> bool:
@@ -88,8 +83,8 @@ def save_answers(host: Host) -> Host:
     An answer that is not valid is reported and left out; the file keeps its value.
     Only under debconf (the postinst sourced confmodule): run by hand, the file rules.
     """
-    from virtdeb.config import check_setting, save_changes
-    from virtdeb.debconf_answers import read_answers
+    from virtdeb.config import check_setting
+    from virtdeb.debconf_answers import read_answers, save_changes
 
     if "DEBIAN_HAS_FRONTEND" not in os.environ:
         return host
@@ -103,13 +98,33 @@ def save_answers(host: Host) -> Host:
         answers[key] = value
     if answers:
         Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
+    mark_synced(host)
     return Host(root=host.root, uri=host.uri, netns=host.netns)
+
+
+# sha256 of virtdeb.conf as the postinst last wrote it from debconf: debian/config imports
+# the file's values into debconf only when the file differs (the admin edited it since), so
+# an answer changed in debconf (debconf-set-selections, Ansible's debconf module) followed
+# by dpkg-reconfigure is not overwritten by the file's older value.
+SYNCED = "/var/lib/virtdeb/conf.sha256"
+
+
+def mark_synced(host: Host) -> None:
+    import hashlib
+
+    from virtdeb import fsio
+
+    data = fsio.read_bytes(host.config_path, "/etc/virtdeb/virtdeb.conf")
+    if data is None:
+        return
+    fsio.atomic_write(host.path(SYNCED), (hashlib.sha256(data).hexdigest() + "\n").encode(),
+                      SYNCED)
 
 
 def rules_for_triggers(names: Sequence[str]) -> list[str]:
     wanted: list[str] = []
     for trigger in " ".join(names).split():
-        for prefix, rules in TRIGGERS.items():
+        for prefix, rules in triggers().items():
             if trigger == prefix or trigger.startswith(prefix + "/"):
                 wanted.extend(r for r in rules if r not in wanted)
     return wanted
@@ -172,7 +187,7 @@ def _run(host: Host, action: str, rest: Sequence[str]) -> int:
     if action == "configure":
         answered = save_answers(host)
         try:
-            run_rules(answered, CONFIGURE_RULES, "postinst configure")
+            run_rules(answered, configure_rules(), "postinst configure")
             with reported("cpu"):  # the baseline the boot unit compares with, recorded once
                 microcode.ensure_baseline(answered)
         finally:

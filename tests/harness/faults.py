@@ -7,7 +7,7 @@ are pristine (md5sum of the Conffiles field of their owner), else from the owner
 .deb cached in ``.cache/debs`` (``make safety-debs``); Xen 4.2's
 ``xend-config.sxp``; a ``bridge.conf``; ``/etc/group``, ``/etc/passwd``; a dpkg
 status naming the packages the rules look for; and ``/etc/virtdeb/virtdeb.conf``
-that enables everything the SCHEMA offers (:func:`enabling_config`).
+that enables everything the schema offers (:func:`enabling_config`).
 
 :func:`file_changes` asks every registered rule for its plan on that root
 (``test:///default``) and keeps the :class:`FileChange` instances: the suites
@@ -41,7 +41,7 @@ if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 from tests.golden import snapshot  # noqa: E402
-from virtdeb.config import FOREIGN_FILES, SCHEMA  # noqa: E402
+from virtdeb.config import FOREIGN_FILES, schema  # noqa: E402
 from virtdeb.effects.file import FileChange  # noqa: E402
 from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
 from virtdeb.host import Host  # noqa: E402
@@ -55,7 +55,8 @@ CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/b
 URI = "test:///default"
 CONFIG = "/etc/virtdeb/virtdeb.conf"
 DEB_CACHE = TOP / ".cache" / "debs"
-XEND = Path("/work/shared/data/xen-4.2/xend-config.sxp")
+# Xen 4.2's xend-config.sxp as Debian shipped it (the golden case keeps a copy in git).
+XEND = TOP / "tests/cases/xend/real-4.2/in/etc/xen/xend-config.sxp"
 LOCAL_XEND = TOP / "tests" / "cases" / "xend"
 FULL = os.environ.get("FULL", "") == "1"
 TEMP_SUFFIX = ".virtdeb-new"
@@ -101,12 +102,13 @@ def _status(packages: tuple[str, ...]) -> str:
 
 
 def enabling_config() -> str:
-    """/etc/virtdeb/virtdeb.conf enabling everything SCHEMA offers (new keys included)."""
+    """/etc/virtdeb/virtdeb.conf enabling everything the schema offers (new keys included)."""
     lines = []
-    for section, keys in SCHEMA.items():
+    for section, keys in schema().items():
         lines.append(f"[{section}]")
-        for key, (default, validate) in keys.items():
-            lines.append(f"{key} = {_enabling_value(section, key, default, validate)}")
+        for key, setting in keys.items():
+            value = _enabling_value(section, key, setting.default, setting.problem)
+            lines.append(f"{key} = {value}")
         lines.append("")
     return "\n".join(lines)
 
@@ -135,8 +137,7 @@ def conffiles() -> dict[str, bytes]:
         data = debian_conffile(package, path)
         if data is not None:
             files[path] = data
-    if XEND.exists():
-        files["/etc/xen/xend-config.sxp"] = XEND.read_bytes()
+    files["/etc/xen/xend-config.sxp"] = XEND.read_bytes()
     files["/etc/qemu/bridge.conf"] = BRIDGE_CONF
     return files
 

@@ -88,7 +88,12 @@ nothing is ever mounted in the host's namespace.
   the same namespaces and chroot; ``ns_argv(cmd)`` is the argv prefix for one's own
   subprocess calls. Teardown stops those too (every process of the netns is killed).
 - ``before_start(scratch)`` runs as in host mode (e.g. to write SCRATCH/upper/etc/...
-  in overlay mode, or to set up veths). The qemu capabilities cache is not used.
+  in overlay mode, or to set up veths).
+- with ``overlay=True`` the chroot's qemu capabilities are cached between daemons in
+  ``.cache/qemu-capabilities-IMAGENAME`` (put into the overlay's upper layer before the
+  start, read back after the stop: the image never changes). A daemon without them
+  probes its qemu first (about 3.5 s, much longer on a loaded machine) and does not act
+  on SIGTERM before that probe is done.
 
 Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
@@ -138,7 +143,7 @@ VETH = ("vdA", "vdB")
 # kept here between daemons and runs (libvirt itself invalidates a stale entry: it checks
 # the qemu and libvirtd ctimes, kernel, microcode). Set the variable to "" to disable.
 CAPS_CACHE_ENV = "VIRTDEB_TEST_QEMU_CAPS"
-CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[1] / ".cache/qemu-capabilities")
+CAPS_CACHE_DEFAULT = str(Path(__file__).resolve().parents[2] / ".cache/qemu-capabilities")
 
 
 class PrivateLibvirtdError(RuntimeError):
@@ -257,6 +262,20 @@ def _gid_in(group_file: Path, name: str) -> int:
     raise KeyError(name)
 
 
+def _mirror_parents(lower: Path, upper: Path, rel: str) -> None:
+    """Create UPPER/REL's parent directories with the owner and mode they have in LOWER."""
+    here_lower, here_upper = lower, upper
+    for part in Path(rel).parent.parts:
+        here_lower, here_upper = here_lower / part, here_upper / part
+        if here_upper.exists():
+            continue
+        here_upper.mkdir()
+        with contextlib.suppress(OSError):
+            st = os.stat(here_lower)
+            os.chown(here_upper, st.st_uid, st.st_gid)
+            os.chmod(here_upper, st.st_mode & 0o7777)
+
+
 def _replicate_dirs(src: Path, dst: Path) -> None:
     """Create under DST the directory tree of SRC (owner, group, mode), no files."""
     for root, dirs, _files in os.walk(src):
@@ -300,6 +319,7 @@ class _State:
         self.scratch = scratch
         self.keep_scratch = keep_scratch
         self.caps_cache = caps_cache
+        self.caps_dir = scratch / CAPS_SUBDIR  # the daemon's cache as the host sees it
         self.reap_wait = 5.0
         self.killed: set[int] = set()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -342,7 +362,7 @@ class _State:
                 time.sleep(0.05)
         if self.scratch_created and self.caps_cache is not None:
             with contextlib.suppress(OSError):
-                _sync_xml(self.scratch / CAPS_SUBDIR, self.caps_cache)
+                _sync_xml(self.caps_dir, self.caps_cache)
         if self.scratch_created and not self.keep_scratch:
             shutil.rmtree(self.scratch, ignore_errors=True)
             if self.scratch.exists():
@@ -401,11 +421,21 @@ class PrivateLibvirtd:
         self.log_path = self.log_dir / "libvirtd.log"
         self.start_seconds: float | None = None
         self.stop_seconds: float | None = None
+        explicit = caps_cache is not None
         if caps_cache is None:
             caps_cache = os.environ.get(CAPS_CACHE_ENV, CAPS_CACHE_DEFAULT)
-        cache = caps_cache if self.root is None else ""
+        cache = caps_cache
+        if self.root is not None:
+            # the chroot's own qemu: a cache per image, in overlay mode only (a root used
+            # as it is keeps libvirt's cache itself)
+            if not overlay:
+                cache = ""
+            elif cache and not explicit:
+                cache = f"{cache}-{self.root.name}"
         self.caps_cache = Path(cache) if cache else None
         self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache)
+        if self.root is not None:
+            self._state.caps_dir = self.scratch / "upper" / CAPS_SUBDIR
         self._state.reap_wait = reap_wait
         self._finalizer = weakref.finalize(self, _finalize, self._state)
         self._veth_made = False
@@ -520,6 +550,11 @@ class PrivateLibvirtd:
         if self.overlay:
             for d in ("upper", "work", "root"):
                 (s / d).mkdir()
+            if self.caps_cache is not None:
+                # the cached qemu capabilities go into the overlay (the image never changes);
+                # their parents get the image's owner and mode, which the merged view shows
+                _mirror_parents(root, s / "upper", CAPS_SUBDIR)
+                _sync_xml(self.caps_cache, s / "upper" / CAPS_SUBDIR)
             lines.append(
                 "mount -t overlay overlay -o "
                 + q(f"lowerdir={root},upperdir={s / 'upper'},workdir={s / 'work'}")
@@ -628,6 +663,11 @@ class PrivateLibvirtd:
                     conn = libvirt.open(self.uri)
                     try:
                         conn.getLibVersion()
+                        if self.root is not None:
+                            # libvirt >= 10 (trixie) acts on SIGTERM only once the node
+                            # device driver has enumerated the devices; its calls wait
+                            # for that, so this one makes start() wait for it too
+                            conn.listAllDevices(0)
                     finally:
                         conn.close()
                     return

@@ -29,7 +29,7 @@ from typing import Any
 
 from virtdeb import fsio
 from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
-from virtdeb.edit import Editor, created_marker
+from virtdeb.edit import Editor, owned
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, UsageError
@@ -144,10 +144,7 @@ def rules_changes(host: Host, before: bytes | None, grants: list[Grant]) -> list
     after = render(grants)
     if after == before:
         return []
-    changes: list[Change] = [FileChange("acl", RULES_FILE, before, after, mode=0o644)]
-    if before is None:
-        changes.append(created_marker(host, "acl", RULES_FILE))
-    return changes
+    return list(owned(host, FileChange("acl", RULES_FILE, before, after, mode=0o644)))
 
 
 def access_driver_changes(host: Host) -> list[Change]:

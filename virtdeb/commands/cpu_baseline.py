@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from virtdeb.cpu import baseline
+from virtdeb.cpu import baseline, drift
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
 
@@ -29,7 +29,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON (the baseline as <cpu> XML)")
     p.add_argument("--save", action="store_true",
-                   help=f"record the result in {baseline.FLEET_STATE}; later runs say what"
+                   help=f"record the result in {drift.FLEET_STATE}; later runs say what"
                         " changed")
     p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
                    help="only these domains (default: every defined domain)")
@@ -50,29 +50,29 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     words = [n for group in args.domain for n in group]
     names = [w for w in words if "/" not in w]
     uris = [*args.uris, *(w for w in words if "/" in w)]
-    saved = baseline.load_saved(local)
+    saved = drift.load_saved(local)
     fleet = baseline.survey(uris or [DEFAULT_URI], names, args.timeout)
     try:
         result = fleet.as_json()
     finally:
         baseline.close(fleet)
-    changes = [] if saved is None else baseline.drift(saved, result)
+    changes = [] if saved is None else drift.drift(saved, result)
     if saved is not None:
         result["since_saved"] = {"time": saved.get("time"),
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
     entry = None
     if args.save:
-        entry = baseline.save(local, carry_over(saved, result))
-        result["saved_to"] = baseline.FLEET_STATE
+        entry = drift.save(local, carry_over(saved, result))
+        result["saved_to"] = drift.FLEET_STATE
         result["journal"] = entry
     if args.json:
         json.dump(result, sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        sys.stdout.write(baseline.render(result, changes,
+        sys.stdout.write(drift.render(result, changes,
                                          None if saved is None else str(saved.get("time"))))
         if args.save:
-            print(f"saved to {baseline.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
+            print(f"saved to {drift.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
                   f" virtdeb revert {entry})" if entry else " (unchanged)"))
     base = result["baseline"]
     bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None

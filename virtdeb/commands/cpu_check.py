@@ -63,9 +63,10 @@ def cmd_cpu_check(args: argparse.Namespace) -> int:
                   sys.stdout, indent=1)
         sys.stdout.write("\n")
     else:
-        for r in reports:
-            if r.verdict is not None:
-                print(r.line())
+        from virtdeb.cpu.report import text_lines
+
+        for line in text_lines(reports):
+            print(line)
         print(summary(reports, calls))
         _print_fix_result(args, reports, fixed, entry_id)
     still = {n for n, v in fixed if not v.compatible}

@@ -12,13 +12,12 @@ from virtdeb.cpu import (
     BASELINE_EXPAND,
     COMPARE_FAIL_INCOMPATIBLE,
     ERR_CPU_INCOMPATIBLE,
-    ERR_NO_DOMAIN,
     ERR_UNSUPPORTED,
-    LIST_PERSISTENT,
     XML_INACTIVE_SECURE,
 )
 from virtdeb.cpu.xml import DomainCPU, fragility, parse_domain, parse_incompatible, parse_xml, quote
 from virtdeb.errors import LibvirtError, UsageError
+from virtdeb.system import libvirt as lv
 
 
 @dataclass(frozen=True)
@@ -38,10 +37,6 @@ class Verdict:
         if self.missing:
             parts.append("missing features: " + ", ".join(self.missing))
         return "; ".join(parts) or self.message
-
-
-def libvirt_error(exc: Any, what: str) -> LibvirtError:
-    return LibvirtError(f"{what}: {exc.get_error_message()}")
 
 
 class Comparer:
@@ -64,8 +59,7 @@ class Comparer:
         return self._cache[key]
 
     def _compare(self, dom: DomainCPU, cpu_xml: str) -> Verdict:
-        import libvirt
-
+        libvirt = lv.module()
         self.calls += 1
         try:
             result = self.conn.compareHypervisorCPU(dom.emulator, dom.arch, dom.machine,
@@ -86,12 +80,7 @@ class Comparer:
         """(name, vendor, usable) of every custom model the hypervisor knows."""
         key = (dom.emulator, dom.arch, dom.machine, dom.virttype)
         if key not in self._models:
-            import libvirt
-
-            try:
-                caps = self.conn.getDomainCapabilities(*key, 0)
-            except libvirt.libvirtError as exc:
-                raise libvirt_error(exc, "getDomainCapabilities") from exc
+            caps = lv.call("getDomainCapabilities", self.conn.getDomainCapabilities, *key, 0)
             root = parse_xml(caps)
             self._models[key] = [
                 ((m.text or "").strip(), m.get("vendor", "unknown"), m.get("usable") == "yes")
@@ -102,8 +91,7 @@ class Comparer:
         """Every feature a named model has (libvirt's CPU map, expanded)."""
         key = (model, arch or "x86_64")
         if key not in self._features:
-            import libvirt
-
+            libvirt = lv.module()
             xml = f"<cpu><arch>{quote(key[1])}</arch><model>{quote(model)}</model></cpu>"
             try:
                 out = self.conn.baselineCPU([xml], BASELINE_EXPAND)
@@ -177,13 +165,8 @@ def inspect(conn: Any, names: Sequence[str] = (),
             progress: Callable[[int, int], None] | None = None,
             comparer: Comparer | None = None) -> tuple[list[DomainReport], Comparer]:
     """Compare every defined domain's custom CPU (or only those named)."""
-    import libvirt
-
     comparer = comparer or Comparer(conn)
-    try:
-        domains = conn.listAllDomains(LIST_PERSISTENT)
-    except libvirt.libvirtError as exc:
-        raise libvirt_error(exc, "listing domains") from exc
+    domains = lv.domains(conn, lv.LIST_PERSISTENT)
     if names:
         known = {d.name() for d in domains}
         unknown = [n for n in names if n not in known]
@@ -192,14 +175,11 @@ def inspect(conn: Any, names: Sequence[str] = (),
                              f" ({len(known)} domains are defined)")
         domains = [d for d in domains if d.name() in set(names)]
     reports = []
-    for i, dom in enumerate(sorted(domains, key=lambda d: str(d.name())), 1):
-        try:
-            parsed = parse_domain(dom.XMLDesc(XML_INACTIVE_SECURE))
-            active = bool(dom.isActive())
-        except libvirt.libvirtError as exc:
-            if exc.get_error_code() == ERR_NO_DOMAIN:
-                continue  # undefined meanwhile
-            raise libvirt_error(exc, f"domain {dom.name()}") from exc
+    for i, dom in enumerate(domains, 1):
+        state = lv.domain_state(dom, XML_INACTIVE_SECURE)
+        if state is None:
+            continue  # undefined meanwhile
+        parsed, active = parse_domain(state[0]), state[1]
         verdict = comparer.compare(parsed) if parsed.custom else None
         reports.append(DomainReport(parsed, active, verdict, fragility(parsed.cpu)))
         if progress:

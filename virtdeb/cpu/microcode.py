@@ -17,6 +17,7 @@ from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
 from virtdeb.journal import Journal
+from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
@@ -79,9 +80,9 @@ def cpuinfo(host: Host) -> tuple[list[str], str | None]:
 def libvirt_features(host: Host) -> list[str] | None:
     """The host CPU features libvirt sees (getCapabilities), or None when unreachable."""
     try:
-        caps = host.connect().getCapabilities()
-    except Exception as exc:  # noqa: BLE001 - libvirt is optional here
-        log.info("cannot read the host CPU from libvirt: %s", exc)
+        caps = lv.call("getCapabilities", host.connect().getCapabilities)
+    except VirtdebError as exc:  # libvirt is optional here
+        log.info("cannot read the host CPU from libvirt: %s", exc.message)
         return None
     return sorted({f.get("name", "") for f in parse_xml(caps).findall("host/cpu/feature")})
 
@@ -133,7 +134,7 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
 
 def fleet_check(host: Host) -> dict[str, Any] | None:
     """The saved fleet baseline (``virtdeb cpu-baseline --save``) against this host now."""
-    from virtdeb.cpu.baseline import check_local  # it imports this module
+    from virtdeb.cpu.drift import check_local  # it imports this module
 
     try:
         result = check_local(host)

@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import ClassVar
 
 from virtdeb.effects import Change, ConflictError, Record, b64, regular_file, unb64
-from virtdeb.errors import SystemCommandError
 from virtdeb.host import Host
-from virtdeb.system.caps import XATTR, NoXattrSupport, read
+from virtdeb.system.caps import XATTR, read, xattr_error
 
 
 def write(real: Path, shown: str, data: bytes | None) -> None:
@@ -27,10 +26,7 @@ def write(real: Path, shown: str, data: bytes | None) -> None:
         else:
             os.setxattr(real, XATTR, data, follow_symlinks=False)
     except OSError as exc:
-        if exc.errno == errno.ENOTSUP:
-            raise NoXattrSupport(f"{shown}: its filesystem has no extended attributes,"
-                                 " so it cannot carry file capabilities") from exc
-        raise SystemCommandError(f"{shown}: cannot set {XATTR}: {exc.strerror}") from exc
+        raise xattr_error(exc, shown, "set") from exc
 
 
 @dataclass

@@ -7,32 +7,24 @@ import difflib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from virtdeb.cpu import ERR_NO_DOMAIN, XML_INACTIVE_SECURE
-from virtdeb.cpu.compare import libvirt_error
+from virtdeb.cpu import XML_INACTIVE_SECURE
 from virtdeb.cpu.xml import cpu_of, signature, without_cpu
 from virtdeb.effects import Change, ConflictError, Record
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
+from virtdeb.system import libvirt as lv
 
 
 def lookup_domain(conn: Any, uuid: str, name: str) -> Any:
-    import libvirt
-
-    try:
-        return conn.lookupByUUIDString(uuid)
-    except libvirt.libvirtError as exc:
-        if exc.get_error_code() == ERR_NO_DOMAIN:
-            raise ConflictError(f"domain {name} ({uuid}) is no longer defined") from exc
-        raise libvirt_error(exc, f"domain {name}") from exc
+    """The domain to redefine; a conflict when it is gone."""
+    dom = lv.lookup_domain(conn, uuid, name)
+    if dom is None:
+        raise ConflictError(f"domain {name} ({uuid}) is no longer defined")
+    return dom
 
 
 def define_domain(conn: Any, xml: str, name: str) -> Any:
-    import libvirt
-
-    try:
-        return conn.defineXML(xml)
-    except libvirt.libvirtError as exc:
-        raise libvirt_error(exc, f"defining domain {name}") from exc
+    return lv.call(f"defining domain {name}", conn.defineXML, xml)
 
 
 @dataclass

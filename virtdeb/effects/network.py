@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 from virtdeb.effects import Change, ConflictError, Record
 from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
-from virtdeb.system.libvirt import lookup_network, module, network_call
+from virtdeb.system.libvirt import call, lookup_network, module
 
 
 @dataclass
@@ -56,20 +56,20 @@ class NetworkChange(Change):
                     "xml": None, "active": False, "autostart": False}
         libvirt = module()
         return {"kind": self.kind, "target": self.target, "uuid": self.uuid,
-                "xml": network_call(self.target, net.XMLDesc, libvirt.VIR_NETWORK_XML_INACTIVE),
+                "xml": net.XMLDesc(libvirt.VIR_NETWORK_XML_INACTIVE),
                 "active": bool(net.isActive()), "autostart": bool(net.autostart())}
 
     def apply(self, host: Host) -> None:
         if self.define_xml is not None:
-            network_call(f"{self.target} (define)", host.connect().networkDefineXML,
+            call(f"libvirt network {self.target} (define)", host.connect().networkDefineXML,
                          self.define_xml)
         net = lookup_network(host, self.target)
         if net is None:
             raise LibvirtError(f"libvirt network {self.target}: not defined after all")
         if self.start and not net.isActive():
-            network_call(f"{self.target} (start)", net.create)
+            net.create()
         if self.autostart and not net.autostart():
-            network_call(f"{self.target} (autostart)", net.setAutostart, 1)
+            net.setAutostart(1)
 
     @classmethod
     def undo(cls, host: Host, record: Record) -> str:
@@ -85,14 +85,46 @@ class NetworkChange(Change):
                                 " virtdeb changed it; not reverted")
         if record["xml"] is None:
             if net.isActive():
-                network_call(f"{name} (stop)", net.destroy)
-            network_call(f"{name} (undefine)", net.undefine)
+                net.destroy()
+            net.undefine()
             return f"libvirt network {name}: stopped and undefined (virtdeb had defined it)"
         done = []
         if not record["autostart"] and net.autostart():
-            network_call(f"{name} (autostart off)", net.setAutostart, 0)
+            net.setAutostart(0)
             done.append("autostart off")
         if not record["active"] and net.isActive():
-            network_call(f"{name} (stop)", net.destroy)
+            net.destroy()
             done.append("stopped")
         return f"libvirt network {name}: {', '.join(done) or 'already as before'}"
+
+
+@dataclass
+class NetworkMove(NetworkChange):
+    """Redefine an inactive network on another subnet (same name and UUID), start it and
+    mark it autostart; revert stops it and defines the previous XML again."""
+
+    kind: ClassVar[str] = "libvirt-network-move"
+
+    def _current(self, host: Host) -> Any:
+        net = lookup_network(host, self.target)
+        if net is None or net.UUIDString() != self.uuid:
+            raise ConflictError(f"libvirt network {self.target}: removed or replaced while"
+                                " virtdeb was planning; run the command again")
+        if net.isActive():
+            raise ConflictError(f"libvirt network {self.target}: started while virtdeb was"
+                                " planning; run the command again")
+        return net
+
+    @classmethod
+    def undo(cls, host: Host, record: Record) -> str:
+        name = record["target"]
+        net = lookup_network(host, name)
+        if net is None or net.UUIDString() != record["uuid"]:
+            raise ConflictError(f"libvirt network {name}: removed or replaced since virtdeb"
+                                " moved it; not reverted")
+        if net.isActive():
+            net.destroy()
+        if net.autostart() and not record["autostart"]:
+            net.setAutostart(0)
+        call(f"libvirt network {name} (define)", host.connect().networkDefineXML, record["xml"])
+        return f"libvirt network {name}: stopped, its previous definition defined again"

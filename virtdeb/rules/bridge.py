@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import dataclass
 
 from virtdeb import fsio
 from virtdeb.edit import Editor
@@ -39,7 +40,7 @@ from virtdeb.effects.file import FileChange
 from virtdeb.effects.statoverride import StatOverrideChange
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, flag, register, words
 from virtdeb.system import caps
 from virtdeb.system.net import interface_name_problem
 
@@ -94,43 +95,68 @@ def _setuid_root(real: os.PathLike[str]) -> bool:
     return st.st_uid == 0 and bool(st.st_mode & stat.S_ISUID)
 
 
+@dataclass(frozen=True)
+class _State:
+    """What check() and plan() both look at, worked out once."""
+
+    names: list[str]  # the bridges of [bridge] allow
+    wanted: bool  # bridging is wanted: names, or virtdeb set the capability before
+    current: bytes | None  # the helper's security.capability
+    no_xattr: caps.NoXattrSupport | None  # its filesystem has no xattrs
+    setuid: bool
+    has_cap: bool  # cap_net_admin+ep
+    missing: list[str]  # names bridge.conf does not allow
+    blocked: list[str]  # names bridge.conf denies
+
+
+def _state(host: Host, *, read_conf: bool) -> _State:
+    """``read_conf``: read bridge.conf even when no bridge is wanted (check reports a
+    broken file; plan has nothing to change in it then)."""
+    names = bridge_names(host)
+    real = host.path(HELPER)
+    try:
+        current, no_xattr = caps.read(real, HELPER), None
+    except caps.NoXattrSupport as exc:
+        current, no_xattr = None, exc
+    parsed = caps.parse(current) if current is not None else None
+    allowed, denied = acl(host) if names or read_conf else (set(), set())
+    return _State(names, bool(names) or host.path(MARKER).is_file(), current, no_xattr,
+                  _setuid_root(real), parsed is not None and parsed.has(caps.CAP_NET_ADMIN),
+                  [n for n in names if not _covered(n, allowed)],
+                  [n for n in names if _covered(n, denied)])
+
+
 @register
 class Bridge(Rule):
     name = "bridge"
     title = "qemu-bridge-helper and bridge.conf"
+    # a qemu upgrade replaces the helper and drops its file capability
+    triggers = ("/usr/lib/qemu/qemu-bridge-helper", "/lib/qemu/qemu-bridge-helper")
+    settings = {"allow": words(question="virtdeb/bridge_allow"), "setuid_fallback": flag("no")}
 
     def _helper(self) -> bool:
         return self.host.path(HELPER).is_file()
-
-    def _wanted(self, names: list[str]) -> bool:
-        return bool(names) or self.host.path(MARKER).is_file()
 
     def check(self) -> list[Finding]:
         if not self._helper():
             return [self.finding(Status.NA, f"{HELPER} is not installed",
                                  "bridged session networking needs qemu-system-common")]
-        names = bridge_names(self.host)
-        return self._check_helper(names) + self._check_conf(names)
+        state = _state(self.host, read_conf=True)
+        return self._check_helper(state) + self._check_conf(state)
 
-    def _check_helper(self, names: list[str]) -> list[Finding]:
-        real = self.host.path(HELPER)
-        try:
-            current = caps.read(real, HELPER)
-        except caps.NoXattrSupport as exc:
-            if _setuid_root(real):
-                return [self.finding(Status.PASS, "qemu-bridge-helper is setuid root")]
+    def _check_helper(self, state: _State) -> list[Finding]:
+        if state.no_xattr is not None and not state.setuid:
             fallback = self.host.config.flag("bridge", "setuid_fallback")
-            return [self.finding(Status.WARN, exc.message,
+            return [self.finding(Status.WARN, state.no_xattr.message,
                                  "virtdeb apply bridge makes it setuid root (dpkg-statoverride)"
                                  if fallback else "to make it setuid root instead: [bridge]"
                                  f" setuid_fallback = yes in {CONFIG}, then virtdeb apply"
                                  " bridge")]
-        parsed = caps.parse(current) if current is not None else None
-        if parsed is not None and parsed.has(caps.CAP_NET_ADMIN):
+        if state.has_cap:
             return [self.finding(Status.PASS, "qemu-bridge-helper has cap_net_admin+ep")]
-        if _setuid_root(real):
+        if state.setuid:
             return [self.finding(Status.PASS, "qemu-bridge-helper is setuid root")]
-        if self._wanted(names):
+        if state.wanted:
             return [self.finding(Status.FAIL, "qemu-bridge-helper lacks cap_net_admin+ep",
                                  "virtdeb apply bridge (setcap cap_net_admin+ep"
                                  f" {HELPER})")]
@@ -138,60 +164,48 @@ class Bridge(Rule):
                              " up (no capability on qemu-bridge-helper, no bridge allowed)",
                              f"[bridge] allow = br0 in {CONFIG}, then virtdeb apply bridge")]
 
-    def _check_conf(self, names: list[str]) -> list[Finding]:
-        allowed, denied = acl(self.host)
+    def _check_conf(self, state: _State) -> list[Finding]:
         out = []
-        blocked = [n for n in names if _covered(n, denied)]
-        if blocked:
-            out.append(self.finding(Status.WARN, f"{CONF} denies {', '.join(blocked)}"
+        if state.blocked:
+            out.append(self.finding(Status.WARN, f"{CONF} denies {', '.join(state.blocked)}"
                                     " (deny lines win over allow lines)",
                                     f"remove the deny line from {CONF} by hand"))
-        missing = [n for n in names if not _covered(n, allowed)]
-        if missing:
-            out.append(self.finding(Status.FAIL, f"{CONF} does not allow {', '.join(missing)}",
+        if state.missing:
+            out.append(self.finding(Status.FAIL, f"{CONF} does not allow"
+                                    f" {', '.join(state.missing)}",
                                     "virtdeb apply bridge (postinst needs [virtdeb]"
                                     " allow_edit = bridge.conf)"))
-        elif names:
-            out.append(self.finding(Status.PASS, f"{CONF} allows {', '.join(names)}"))
+        elif state.names:
+            out.append(self.finding(Status.PASS, f"{CONF} allows {', '.join(state.names)}"))
         return out
 
     def plan(self) -> list[Change]:
         if not self._helper():
             return []
-        names = bridge_names(self.host)
-        return self._plan_helper(names) + self._plan_conf(names)
+        state = _state(self.host, read_conf=False)
+        return self._plan_helper(state) + self._plan_conf(state)
 
-    def _plan_helper(self, names: list[str]) -> list[Change]:
-        real = self.host.path(HELPER)
-        if not self._wanted(names) or _setuid_root(real):
+    def _plan_helper(self, state: _State) -> list[Change]:
+        if not state.wanted or state.setuid or state.has_cap:
             return []
-        try:
-            current = caps.read(real, HELPER)
-        except caps.NoXattrSupport:
+        if state.no_xattr is not None:
             if self.host.config.flag("bridge", "setuid_fallback"):
                 return [StatOverrideChange(self.name, HELPER)]
             return []
-        parsed = caps.parse(current) if current is not None else None
-        if parsed is not None and parsed.has(caps.CAP_NET_ADMIN):
-            return []
         changes: list[Change] = [CapabilityChange(
-            self.name, HELPER, current, caps.with_cap(current, caps.CAP_NET_ADMIN))]
+            self.name, HELPER, state.current, caps.with_cap(state.current, caps.CAP_NET_ADMIN))]
         marker = fsio.read_bytes(self.host.path(MARKER), MARKER)
         if marker is None:
             changes.append(FileChange(self.name, MARKER, None, MARKER_TEXT, mode=0o644))
         return changes
 
-    def _plan_conf(self, names: list[str]) -> list[Change]:
-        if not names:
-            return []
-        allowed, _ = acl(self.host)
-        missing = [n for n in names if not _covered(n, allowed)]
-        if not missing:
+    def _plan_conf(self, state: _State) -> list[Change]:
+        if not state.missing:
             return []
         with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
             if not ed.exists:
                 ed.set("#comment", HEADER)
-            for name in missing:
+            for name in state.missing:
                 if ed.match("allow"):  # keep the allow lines together
                     ed.insert("allow[last()]", "allow", before=False)
                     ed.set("allow[last()]", name)

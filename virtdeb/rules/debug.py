@@ -29,12 +29,7 @@ OUTPUT = re.compile(r"^[1-4]:(stderr|journald|syslog:[A-Za-z0-9_.-]+|file:/[^\s\
 
 def log_settings(host_conf: Editor) -> dict[str, str]:
     """The log keys set in libvirtd.conf (the last occurrence wins, as in libvirt)."""
-    out = {}
-    for key in KEYS:
-        values = host_conf.values(key)
-        if values:
-            out[key] = values[-1] or ""
-    return out
+    return {key: host_conf.last(key) or "" for key in KEYS if host_conf.match(key)}
 
 
 def checked(value: str, pattern: re.Pattern[str], what: str) -> str:
@@ -60,16 +55,11 @@ def logging_changes(host: Host, filters: str | None, outputs: str | None,
                          " (apt install libvirt-daemon-system)? (--root DIR names another system)")
     with Editor(host, CONF, LENS, rule=rule, foreign=True) as ed:
         for key, value in (("log_filters", filters), ("log_outputs", outputs)):
-            existing = ed.match(key)
             if value is None:
-                for rel in reversed(existing):
+                for rel in reversed(ed.match(key)):
                     ed.remove(rel)
-            elif not existing:
-                ed.set(f"{key}[last()+1]", value)
             else:
-                for rel in existing:
-                    if ed.get(rel) != value:
-                        ed.set(rel, value)
+                ed.ensure(key, value)
     return list(ed.changes)
 
 
@@ -77,6 +67,7 @@ def logging_changes(host: Host, filters: str | None, outputs: str | None,
 class Debug(Rule):
     name = "debug"
     title = "libvirt logging"
+    postinst = False  # only on request: virtdeb debug --enable
 
     def check(self) -> list[Finding]:
         if not self.host.path(CONF).exists():

@@ -24,6 +24,9 @@ HEADER = "only bind to loopback by default (virtdeb, see README.Debian)"
 class Dnsmasq(Rule):
     name = "dnsmasq"
     title = "dnsmasq binds only to loopback"
+    # files of the dnsmasq daemon package (/usr/sbin/dnsmasq is dnsmasq-base's)
+    triggers = ("/etc/init.d/dnsmasq", "/lib/systemd/system/dnsmasq.service",
+                "/usr/lib/systemd/system/dnsmasq.service")
 
     def _applies(self) -> bool:
         return self.host.installed("dnsmasq")

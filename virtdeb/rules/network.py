@@ -44,13 +44,13 @@ from typing import Any
 from virtdeb import fsio
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
-from virtdeb.effects.network import NetworkChange
+from virtdeb.effects.network import NetworkChange, NetworkMove
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, flag, register
 from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
-from virtdeb.system.libvirt import lookup_network, network_call
+from virtdeb.system.libvirt import lookup_network, module, network_xmls
 
 log = logging.getLogger(__name__)
 
@@ -175,15 +175,8 @@ def read_template(host: Host) -> str:
 # -- libvirt --------------------------------------------------------------------
 def other_subnets(host: Host, name: str) -> list[ipaddress.IPv4Network]:
     """The IPv4 subnets of every other libvirt network, active or not."""
-    conn = host.connect()
-    out = []
-    for other in network_call("list", conn.listAllNetworks):
-        if other.name() == name:
-            continue
-        subnet = xml_subnet(network_call(other.name(), other.XMLDesc, 0))
-        if subnet is not None:
-            out.append(subnet)
-    return out
+    subnets = (xml_subnet(xml) for other, xml in network_xmls(host).items() if other != name)
+    return [s for s in subnets if s is not None]
 
 
 # -- packages -------------------------------------------------------------------
@@ -192,6 +185,23 @@ BACKENDS = ("iptables", "nftables")
 # libvirt >= 10.4 without firewall_backend takes the first backend present, in the
 # order Debian builds it with (network.conf: "[iptables, nftables]").
 FIREWALL_SINCE = "10.4"
+
+
+def collision(host: Host, net: Any) -> tuple[ipaddress.IPv4Network,
+                                             list[ipaddress.IPv4Network]] | None:
+    """(subnet, used) when NET's subnet overlaps an address or route of the host or another
+    libvirt network (only meaningful while NET is inactive: then its bridge has no
+    address), else None."""
+    subnet = xml_subnet(net.XMLDesc(module().VIR_NETWORK_XML_INACTIVE))
+    if subnet is None:
+        return None
+    try:
+        used = sysnet.used_networks(host, other_subnets(host, NAME))
+    except VirtdebError as exc:
+        log.info("network: cannot list the host's addresses and routes: %s", exc)
+        return None
+    taken = [n for n in used if n.version == 4 and n.prefixlen >= MIN_PREFIX]
+    return (subnet, used) if any(subnet.overlaps(n) for n in taken) else None
 
 
 def firewall_backend(host: Host) -> str | None:
@@ -248,6 +258,8 @@ def _state_bytes(defined_by_virtdeb: bool) -> bytes:
 class Network(Rule):
     name = "network"
     title = "the default NAT network"
+    settings = {"autostart_default": flag("yes", question="virtdeb/network_autostart"),
+                "recreate_default": flag("no")}
 
     def check(self) -> list[Finding]:
         return self._check_network() + self._check_packages()
@@ -285,8 +297,14 @@ class Network(Rule):
             return [self.finding(Status.FAIL, f"network '{NAME}' is not defined",
                                  f"virtdeb apply network defines it from {TEMPLATE}{checking}")]
         out = []
+        clash = None if active or net is None else collision(self.host, net)
         if active:
             out.append(self.finding(Status.PASS, f"network '{NAME}' is active"))
+        elif clash is not None:
+            out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active: its subnet"
+                                    f" {clash[0]} is in use on this host",
+                                    f"virtdeb apply network moves it to {pick_subnet(clash[1])}"
+                                    f" (or: virsh net-edit {NAME}){checking}"))
         else:
             out.append(self.finding(Status.FAIL, f"network '{NAME}' is not active",
                                     f"virtdeb apply network (virsh net-start {NAME}){checking}"))
@@ -312,13 +330,26 @@ class Network(Rule):
             changes.append(self._define())
             defined_by_virtdeb = True
         elif not net.isActive() or not net.autostart():
-            changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
-                                         start=not net.isActive(),
-                                         autostart=not net.autostart()))
+            clash = None if net.isActive() else collision(self.host, net)
+            if clash is not None and (state is None or defined_by_virtdeb):
+                # libvirt's own definition (or virtdeb's) cannot start where it is: move it
+                changes.append(self._move(net, *clash))
+            else:
+                changes.append(NetworkChange(self.name, NAME, net.UUIDString(),
+                                             start=not net.isActive(),
+                                             autostart=not net.autostart()))
         after = _state_bytes(defined_by_virtdeb)
         if before != after:
             changes.append(FileChange(self.name, STATE, before, after, mode=0o644))
         return changes
+
+    def _move(self, net: Any, subnet: ipaddress.IPv4Network,
+              used: list[ipaddress.IPv4Network]) -> NetworkChange:
+        new = pick_subnet(used, subnet)
+        xml = network_xml(net.XMLDesc(module().VIR_NETWORK_XML_INACTIVE), new,
+                          net.UUIDString(), f"network {NAME}")
+        return NetworkMove(self.name, NAME, net.UUIDString(), define_xml=xml,
+                           note=f" moved from {subnet} (in use on this host) to {new}")
 
     def _define(self) -> NetworkChange:
         import uuid  # here: doctor never needs it

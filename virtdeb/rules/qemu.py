@@ -28,8 +28,9 @@ from virtdeb.edit import Editor
 from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, choice, register
 from virtdeb.system import groups
+from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +61,14 @@ def driver_knows_key(host: Host) -> bool | None:
 def ethernet_domains(conn: Any) -> list[str]:
     """Names of the defined domains with an ``<interface type='ethernet'>``."""
     names = []
-    for dom in conn.listAllDomains(0):
-        root = ET.fromstring(dom.XMLDesc(0))  # noqa: S314 - trusted: from libvirtd
+    for dom in lv.domains(conn):
+        state = lv.domain_state(dom, 0)
+        if state is None:
+            continue  # undefined meanwhile
+        root = ET.fromstring(state[0])  # noqa: S314 - trusted: from libvirtd
         if any(i.get("type") == "ethernet" for i in root.iterfind("./devices/interface")):
             names.append(dom.name())
-    return sorted(names)
+    return names
 
 
 def _id_exists(value: str, names: dict[str, int]) -> bool:
@@ -78,15 +82,13 @@ def _id_exists(value: str, names: dict[str, int]) -> bool:
 class Qemu(Rule):
     name = "qemu"
     title = "QEMU user, group and capabilities"
+    settings = {"clear_emulator_capabilities": choice("keep", ("keep", "0"))}
 
     def _settings(self) -> tuple[str, str, str | None] | None:
         if not self.host.path(CONF).exists():
             return None
         with Editor(self.host, CONF, LENS) as ed:
-            user, group, clear = (ed.values(k) for k in ("user", "group", KEY))
-        return (user[-1] or DEFAULT_ID if user else DEFAULT_ID,
-                group[-1] or DEFAULT_ID if group else DEFAULT_ID,
-                clear[-1] if clear else None)
+            return ed.last("user") or DEFAULT_ID, ed.last("group") or DEFAULT_ID, ed.last(KEY)
 
     def check(self) -> list[Finding]:
         settings = self._settings()
@@ -94,6 +96,7 @@ class Qemu(Rule):
             return [self.finding(Status.NA, f"no {CONF}", "the QEMU driver is not installed")]
         user, group, clear = settings
         out = self._identity(user, group)
+        out += self._kvm_host(user, group)
         try:
             names = ethernet_domains(self.host.connect())
         except LibvirtError as exc:
@@ -120,6 +123,52 @@ class Qemu(Rule):
                                         f" {what} in {CONF}"))
         return out
 
+    def _kvm_host(self, user: str, group: str) -> list[Finding]:
+        """virt-host-validate qemu's checks for a KVM host (virtdeb/system/kvm.py)."""
+        from virtdeb.system import kvm  # here: only this part of doctor needs it
+
+        if not self.host.path("/dev").is_dir():
+            return [self.finding(Status.NA, "no /dev in this root: KVM devices not checked",
+                                 "they are checked on the running system")]
+        out = []
+        hw = kvm.hardware_virtualization(self.host)
+        st = kvm.char_device(self.host, kvm.KVM)
+        if hw:
+            out.append(self.finding(Status.PASS, f"hardware virtualization ({hw})"))
+        elif hw == "" and st is not None:
+            out.append(self.finding(Status.NOTE, f"no vmx/svm flag in {kvm.CPUINFO}, but"
+                                    f" {kvm.KVM} exists", "a virtual machine with nested"
+                                    " KVM: guests still get KVM"))
+        elif hw == "":
+            # as virt-host-validate: a host without it has no KVM to check
+            out.append(self.finding(Status.FAIL, "no hardware virtualization (vmx/svm) in"
+                                    f" {kvm.CPUINFO} and no {kvm.KVM}", "only emulated CPUs"
+                                    " (TCG), much slower: enable VT-x/AMD-V in the firmware"))
+        if hw or st is not None:
+            if st is None:
+                out.append(self.finding(Status.FAIL, f"{kvm.KVM} does not exist",
+                                        "load kvm_intel or kvm_amd (modprobe) and enable"
+                                        " virtualization in the firmware"))
+            else:
+                who = kvm.qemu_identity(self.host, user, group)
+                why = kvm.usable(self.host, kvm.KVM, st, who)
+                if why is None:
+                    out.append(self.finding(Status.PASS, f"{kvm.KVM} is usable by QEMU"
+                                            f" ({who.name})"))
+                else:
+                    out.append(self.finding(Status.FAIL, f"{kvm.KVM} is not usable by QEMU"
+                                            f" ({who.name}): {why}", "Debian's udev rule"
+                                            " makes it 0660 root:kvm; QEMU's user must be"
+                                            " in group kvm"))
+        for path, status, hint in (
+                (kvm.VHOST_NET, Status.WARN, "modprobe vhost_net: faster virtio networking"),
+                (kvm.TUN, Status.FAIL, "modprobe tun: guests' networking needs it")):
+            if kvm.char_device(self.host, path) is None:
+                out.append(self.finding(status, f"{path} does not exist", hint))
+            else:
+                out.append(self.finding(Status.PASS, f"{path} exists"))
+        return out
+
     def _capabilities(self, names: list[str], clear: str | None) -> Finding:
         if not names:
             return self.finding(Status.PASS, "no domain has <interface type='ethernet'>")
@@ -143,15 +192,10 @@ class Qemu(Rule):
             log.info("qemu: this libvirt ignores %s; not changing %s", KEY, CONF)
             return []
         with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
-            existing = ed.match(KEY)
-            if existing:
-                for rel in existing:
-                    if ed.get(rel) != "0":
-                        ed.set(rel, "0")
-            else:
+            if not ed.match(KEY):
                 for line in COMMENT:
                     ed.set("#comment[last()+1]", line)
-                ed.set(f"{KEY}[last()+1]", "0")
+            ed.ensure(KEY, "0")
         for change in ed.changes:
             change.note = SECURITY_NOTE
         return list(ed.changes)

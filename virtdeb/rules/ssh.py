@@ -35,6 +35,7 @@ def has_ssh_helper(version: str | None) -> bool:
 class Ssh(Rule):
     name = "ssh"
     title = "nc for qemu+ssh:// clients"
+    triggers = ("/bin/nc.openbsd", "/usr/bin/nc.openbsd")  # netcat-openbsd's nc
 
     def check(self) -> list[Finding]:
         version = sysdpkg.libvirt_version(self.host)
@@ -44,35 +45,45 @@ class Ssh(Rule):
             out.append(self.finding(Status.NOTE, f"libvirt {version} serves qemu+ssh://"
                                     " through virt-ssh-helper",
                                     "nc is used only by clients older than libvirt 6.8"))
-        if not self.host.installed(PACKAGE):
+        nc, state = self._nc()
+        if nc == "no-package":
             out.append(self.finding(Status.NOTE if helper else Status.WARN,
                                     f"{PACKAGE} is not installed",
                                     f"apt install {PACKAGE} for qemu+ssh:// clients older"
                                     " than libvirt 6.8"))
-            return out
-        state = alternatives.query(self.host, "nc")
-        if state is None or NC not in state.choices:
+        elif nc == "not-offered":
             out.append(self.finding(Status.WARN, f"the nc alternative does not offer {NC}",
                                     f"reinstall {PACKAGE} (apt install --reinstall {PACKAGE})"))
-        elif state.value == NC:
+        elif nc == "ok":
             out.append(self.finding(Status.PASS, f"nc points to {NC}"))
-        elif state.status == "manual":
+        elif nc == "manual":
+            assert state is not None
             out.append(self.finding(Status.NOTE, f"nc was set by hand to {state.value};"
                                     " virtdeb leaves it",
                                     f"older qemu+ssh clients need {NC}:"
                                     f" update-alternatives --set nc {NC}"))
         else:
+            assert state is not None
             out.append(self.finding(Status.NOTE if helper else Status.WARN,
                                     f"nc points to {state.value}, not {NC}",
                                     "virtdeb apply ssh"))
         return out
 
-    def plan(self) -> list[Change]:
+    def _nc(self) -> tuple[str, alternatives.State | None]:
+        """Where nc stands, for check() and plan() alike: no-package, not-offered, ok,
+        manual (set by hand: left alone) or other (virtdeb sets it)."""
         if not self.host.installed(PACKAGE):
-            return []
+            return "no-package", None
         state = alternatives.query(self.host, "nc")
-        if state is None or NC not in state.choices or state.value == NC \
-                or state.status == "manual":
+        if state is None or NC not in state.choices:
+            return "not-offered", state
+        if state.value == NC:
+            return "ok", state
+        return ("manual" if state.status == "manual" else "other"), state
+
+    def plan(self) -> list[Change]:
+        nc, state = self._nc()
+        if nc != "other" or state is None:
             return []
         return [AlternativeChange(
             self.name, "nc", state, NC,

@@ -13,7 +13,7 @@ import re
 
 from virtdeb.edit import Editor
 from virtdeb.effects import Change
-from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules import Finding, Rule, Status, flag, register
 
 CONF = "/etc/xen/xend-config.sxp"
 LENS = "Xendline.lns"
@@ -26,32 +26,18 @@ def _wanted(http: bool) -> dict[str, str]:
     return wanted
 
 
-def _current(ed: Editor, key: str) -> str | None:
-    values = ed.values(key)
-    return values[-1] if values else None  # xend takes the last one
-
-
-def _ensure(ed: Editor, key: str, value: str) -> None:
-    """Set every occurrence of ``key``; else add it after its commented-out example."""
-    existing = ed.match(key)
-    if existing:
-        for rel in existing:
-            if ed.get(rel) != value:
-                ed.set(rel, value)
-        return
+def _commented_example(ed: Editor, key: str) -> str | None:
+    """The last comment that is ``key``'s commented-out example, e.g. ``#(key yes)``."""
     pattern = re.compile(r"^\(" + re.escape(key) + r"(\s|\))")
     commented = [rel for rel in ed.match("#comment") if pattern.match(ed.get(rel) or "")]
-    if commented:
-        ed.insert(commented[-1], key, before=False)
-        ed.set(f"{key}[last()]", value)
-    else:
-        ed.set(f"{key}[last()+1]", value)
+    return commented[-1] if commented else None
 
 
 @register
 class Xend(Rule):
     name = "xend"
     title = "Xen: xend unix server"
+    settings = {"http_server": flag("no", question="virtdeb/xend_http_server")}
 
     def _applies(self) -> bool:
         return self.host.path(CONF).exists() or self.host.path(CONF).is_symlink()
@@ -62,9 +48,9 @@ class Xend(Rule):
                                  "Xen 4.5 and later have no xend; libvirt uses libxl")]
         http = self.host.config.flag("xend", "http_server")
         with Editor(self.host, CONF, LENS) as ed:
-            unix = _current(ed, "xend-unix-server")
-            http_now = _current(ed, "xend-http-server")
-            address = _current(ed, "xend-address")
+            unix = ed.last("xend-unix-server")
+            http_now = ed.last("xend-http-server")
+            address = ed.last("xend-address")
         out = []
         if unix == "yes":
             out.append(self.finding(Status.PASS, "xend unix server is enabled"))
@@ -95,7 +81,7 @@ class Xend(Rule):
         with Editor(self.host, CONF, LENS, rule=self.name, foreign=True) as ed:
             for key, value in wanted.items():
                 if key == "xend-http-server" and value == "no" and \
-                        _current(ed, key) in (None, "no"):
+                        ed.last(key) in (None, "no"):
                     continue  # absent means off: leave the file alone
-                _ensure(ed, key, value)
+                ed.ensure(key, value, after=_commented_example(ed, key))
         return list(ed.changes)

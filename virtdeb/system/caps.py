@@ -88,6 +88,14 @@ def with_cap(data: bytes | None, cap: int) -> bytes:
     return encode(FileCaps(True, old.permitted | 1 << cap, old.inheritable, old.rootid))
 
 
+def xattr_error(exc: OSError, shown: str, doing: str) -> SystemCommandError:
+    """The error for a failed ``doing`` (read, set) of the xattr: ENOTSUP is NoXattrSupport."""
+    if exc.errno == errno.ENOTSUP:
+        return NoXattrSupport(f"{shown}: its filesystem has no extended attributes,"
+                              " so it cannot carry file capabilities")
+    return SystemCommandError(f"{shown}: cannot {doing} {XATTR}: {exc.strerror}")
+
+
 def read(real: Path, shown: str) -> bytes | None:
     """The file's ``security.capability`` bytes, or None when it has none."""
     try:
@@ -95,10 +103,7 @@ def read(real: Path, shown: str) -> bytes | None:
     except OSError as exc:
         if exc.errno == errno.ENODATA:
             return None
-        if exc.errno == errno.ENOTSUP:
-            raise NoXattrSupport(f"{shown}: its filesystem has no extended attributes,"
-                                 " so it cannot carry file capabilities") from exc
-        raise SystemCommandError(f"{shown}: cannot read {XATTR}: {exc.strerror}") from exc
+        raise xattr_error(exc, shown, "read") from exc
 
 
 def getcap(host: Host, path: str) -> str:

@@ -1,0 +1,123 @@
+#!/usr/bin/python
+# Copyright: virtdeb developers
+# GNU General Public License v2.0+ (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
+
+from __future__ import absolute_import, division, print_function
+
+__metaclass__ = type
+
+DOCUMENTATION = r"""
+---
+module: virtdeb_apply
+short_description: Apply virtdeb rules (libvirt's README.Debian) on a Debian host
+version_added: "1.0.0"
+description:
+  - Runs C(virtdeb apply RULE...), which makes the changes libvirt's README.Debian asks
+    for, journaled and revertible with C(virtdeb revert).
+  - Reports C(changed) only when virtdeb made a change; a second run changes nothing.
+  - In check mode runs C(virtdeb apply --dry-run) and writes nothing; in diff mode the
+    diff shown is virtdeb's own unified diff of the plan.
+options:
+  rules:
+    description: The rules to apply (xend, debug, network, dnsmasq, bridge, access, qemu, ssh, cpu).
+    type: list
+    elements: str
+    required: true
+  root:
+    description: Act on the system installed under this directory (C(virtdeb --root)).
+    type: path
+    default: /
+  connect:
+    description: libvirt connection URI (default C(qemu:///system)).
+    type: str
+  settings:
+    description:
+      - virtdeb.conf values for this run, as C(SECTION.KEY) to value (C(virtdeb --set)).
+    type: dict
+    default: {}
+  executable:
+    description: The virtdeb command.
+    type: path
+    default: /usr/bin/virtdeb
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+author:
+  - virtdeb developers
+"""
+
+EXAMPLES = r"""
+- name: Start and autostart the default NAT network, fix the nc alternative
+  virtdeb.libvirt_host.virtdeb_apply:
+    rules: [network, ssh]
+
+- name: Allow bridge br0 for qemu-bridge-helper
+  virtdeb.libvirt_host.virtdeb_apply:
+    rules: [bridge]
+    settings:
+      bridge.allow: br0
+"""
+
+RETURN = r"""
+changes:
+  description: Number of changes virtdeb planned (and, outside check mode, made).
+  returned: always
+  type: int
+journal_id:
+  description: The journal entry of the apply (C(virtdeb revert ID) undoes it).
+  returned: when changed and not in check mode
+  type: str
+stdout:
+  description: What virtdeb printed.
+  returned: always
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.virtdeb.libvirt_host.plugins.module_utils.virtdeb import (
+    VirtdebOutputError,
+    apply_argv,
+    parse_apply,
+)
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=dict(
+            rules=dict(type="list", elements="str", required=True),
+            root=dict(type="path", default="/"),
+            connect=dict(type="str"),
+            settings=dict(type="dict", default={}),
+            executable=dict(type="path", default="/usr/bin/virtdeb"),
+        ),
+        supports_check_mode=True,
+    )
+    if not module.params["rules"]:
+        module.fail_json(msg="rules: name at least one rule")
+    if module.check_mode and not os.path.exists(module.params["executable"]):
+        # a host the same play would install virtdeb on: nothing to ask yet
+        module.exit_json(changed=True, changes=0, stdout="", msg="%s is not installed yet"
+                         % module.params["executable"])
+    argv = apply_argv(module.params["executable"], module.params, module.check_mode)
+    rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C.UTF-8"})
+    if rc != 0:
+        module.fail_json(msg=(err.strip() or out.strip() or "virtdeb apply failed"),
+                         rc=rc, stdout=out, stderr=err, cmd=argv)
+    try:
+        changes, journal_id, diff = parse_apply(out)
+    except VirtdebOutputError as exc:
+        module.fail_json(msg=str(exc), rc=rc, stdout=out, stderr=err, cmd=argv)
+    result = dict(changed=changes > 0, changes=changes, stdout=out, stderr=err, cmd=argv)
+    if journal_id is not None:
+        result["journal_id"] = journal_id
+    if module._diff and changes:
+        result["diff"] = dict(prepared=diff)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""The house rules of the layout (issue 12, DESIGN.md section 2), checked on the source:
+
+- the rules' declarations (triggers, settings and their debconf questions) are what
+  debian/triggers and debian/templates declare;
+- no module of virtdeb/ is over 450 lines; every Change kind is defined in
+  virtdeb/effects/; the journal imports no rule; nothing but __main__ imports cli;
+  no rule runs a command, writes a file or changes libvirt itself; no file is read
+  but through fsio's reader;
+- Editor.last and Editor.ensure, the helpers the rules share.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+import virtdeb
+from virtdeb import maint
+from virtdeb.config import schema
+from virtdeb.debconf_answers import questions
+from virtdeb.edit import Editor
+from virtdeb.host import Host
+from virtdeb.rules import load_all
+
+TOP = Path(__file__).resolve().parent.parent
+PACKAGE = Path(virtdeb.__file__).resolve().parent  # the source tree's, or the installed one
+MAX_LINES = 450
+source_tree = pytest.mark.skipif(not (TOP / "debian").is_dir(),
+                                 reason="needs the source tree's debian/ (autopkgtest has none)")
+
+
+def modules() -> dict[str, ast.Module]:
+    return {f"virtdeb/{p.relative_to(PACKAGE)}": ast.parse(p.read_text(encoding="utf-8"))
+            for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def imported(tree: ast.Module) -> set[str]:
+    """Every module a file imports, at any depth (``from a import b`` gives a and a.b)."""
+    out = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+    return out
+
+
+# -- the declarations against debian/ --------------------------------------------------
+@source_tree
+def test_debian_triggers_are_the_rules_triggers() -> None:
+    text = (TOP / "debian/triggers").read_text(encoding="utf-8")
+    declared = {line.split()[1] for line in text.splitlines()
+                if line.startswith(("interest ", "interest-noawait "))}
+    assert declared == set(maint.triggers())
+    assert all(rule.triggers == () or rule.postinst for rule in load_all().values())
+
+
+def _templates() -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    current: dict[str, str] = {}
+    for line in (TOP / "debian/templates").read_text(encoding="utf-8").splitlines():
+        key, sep, value = line.partition(":")
+        if sep and not line.startswith(" "):
+            if key == "Template":
+                current = out.setdefault(value.strip(), {})
+            current[key] = value.strip()
+    return out
+
+
+@source_tree
+def test_debian_templates_are_the_declared_questions() -> None:
+    templates = _templates()
+    asked = questions()
+    assert set(templates) == set(asked)
+    for question, (dotted, setting) in asked.items():
+        template = templates[question]
+        kind = template["Type"]
+        if setting.kind == "flag":
+            assert kind == "boolean", question
+            assert template.get("Default") == ("true" if setting.default == "yes" else "false")
+        elif setting.kind == "choice":
+            assert kind == "select", question
+            assert template["Choices"].split(", ") == list(setting.allowed), question
+            assert template.get("Default") == setting.default, question
+        elif setting.allowed:
+            assert kind == "multiselect", question
+            assert template["Choices"].split(", ") == list(setting.allowed), question
+        else:
+            assert kind == "string", question
+        assert dotted.split(".")[1] in schema()[dotted.split(".")[0]]
+
+
+@source_tree
+def test_debian_config_reads_back_and_asks_every_question() -> None:
+    """debian/config (sh: it runs before python3 may exist) puts each declared setting's
+    value from virtdeb.conf into its question, then asks it."""
+    text = (TOP / "debian/config").read_text(encoding="utf-8")
+    for question, (dotted, _setting) in questions().items():
+        section, key = dotted.split(".")
+        assert re.search(rf"(conf|file)_get {section} {key}\b", text), dotted
+        assert re.search(rf"db_set {re.escape(question)}\b", text), question
+        assert re.search(rf"db_input \w+ {re.escape(question)}\b", text), question
+
+
+def test_postinst_and_trigger_rules_come_from_the_rules() -> None:
+    assert maint.configure_rules() == [n for n, r in load_all().items() if r.postinst]
+    assert "debug" not in maint.configure_rules()
+    assert maint.rules_for_triggers(["/usr/lib/firmware/amd-ucode/x /bin/nc.openbsd"]) == \
+        ["cpu", "ssh"]
+
+
+# -- the layout -----------------------------------------------------------------------
+def test_no_module_is_over_450_lines() -> None:
+    long = {str(p.relative_to(PACKAGE)): n for p in PACKAGE.rglob("*.py")
+            if (n := len(p.read_text(encoding="utf-8").splitlines())) > MAX_LINES}
+    assert long == {}
+
+
+def test_every_change_kind_is_in_effects() -> None:
+    outside = []
+    for path, tree in modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and any(
+                    getattr(b, "id", getattr(b, "attr", "")).endswith("Change")
+                    for b in node.bases) and not path.startswith("virtdeb/effects/"):
+                outside.append(f"{path}: {node.name}")
+    assert outside == []
+
+
+def test_the_journal_imports_every_effect() -> None:
+    """revert finds a record's kind only if its module was imported: the journal imports
+    every module of effects/ itself."""
+    kinds = {f"virtdeb.effects.{p.stem}" for p in (PACKAGE / "effects").glob("*.py")
+             if p.stem != "__init__"}
+    assert kinds and kinds <= imported(modules()["virtdeb/journal.py"])
+
+
+def test_the_journal_imports_no_rule_and_only_main_imports_cli() -> None:
+    trees = modules()
+    assert not [m for m in imported(trees["virtdeb/journal.py"]) if m.startswith("virtdeb.rules")]
+    importers = [p for p, t in trees.items() if {"virtdeb.cli", "virtdeb.cli.main"} & imported(t)
+                 or "cli" in {a.name for n in ast.walk(t) if isinstance(n, ast.ImportFrom)
+                              and n.module == "virtdeb" for a in n.names}]
+    assert importers == ["virtdeb/__main__.py"]
+
+
+# What a rule must not call: commands, writes, libvirt's changing calls.
+FORBIDDEN_IN_RULES = re.compile(
+    r"\bsubprocess\b|\.run\(|atomic_write|fsio\.remove|os\.(unlink|remove|chmod|chown|rename"
+    r"|setxattr|removexattr|mkdir)\b|\.(defineXML|networkDefineXML|create|undefine|destroy"
+    r"|setAutostart)\(")
+
+
+def test_no_rule_runs_writes_or_changes_libvirt() -> None:
+    found = []
+    for path in sorted((PACKAGE / "rules").glob("*.py")):
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            code = line.split("#", 1)[0]
+            if FORBIDDEN_IN_RULES.search(code):
+                found.append(f"{path.name}:{number}: {line.strip()}")
+    assert found == []
+
+
+def test_no_read_but_through_the_reader() -> None:
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name == "fsio.py":
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"(?<!fsio)\.read_(bytes|text)\(|\bopen\([^)]*\)\s*as\b", line):
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert found == []
+
+
+# -- the Editor's shared helpers ------------------------------------------------------
+def test_editor_last_and_ensure(tmp_path: Path) -> None:
+    conf = tmp_path / "etc/libvirt/libvirtd.conf"
+    conf.parent.mkdir(parents=True)
+    conf.write_text('log_level = 1\n#log_filters = "x"\nlog_level = 3\n')
+    host = Host(root=tmp_path)
+    with Editor(host, "/etc/libvirt/libvirtd.conf", "Libvirtd.lns") as ed:
+        assert ed.last("log_level") == "3"  # the last one wins, as in libvirt
+        assert ed.last("log_filters") is None
+        ed.ensure("log_level", "2")  # every occurrence: a duplicate must not undo it
+        ed.ensure("log_outputs", "1:stderr", after="#comment")
+        ed.ensure("log_filters", "1:qemu")
+    assert ed.change is not None and ed.change.after == (
+        b'log_level = 2\n#log_filters = "x"\nlog_outputs = "1:stderr"\nlog_level = 2\n'
+        b'log_filters = "1:qemu"\n')
