@@ -153,11 +153,11 @@ def _ancestors() -> list[int] | None:
     pid = os.getpid()
     try:
         while pid > 1:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-                stat = fh.read()
-            pid = int(stat.rpartition(")")[2].split()[1])
+            path = f"/proc/{pid}/stat"
+            stat = (fsio.read_bytes(Path(path), path) or b"").decode("ascii", "replace")
+            pid = int(stat.rpartition(")")[2].split()[1])  # the field after (comm) is ppid
             out.append(pid)
-    except (OSError, ValueError, IndexError):
+    except (VirtdebError, ValueError, IndexError):
         return None if not out else out
     return out
 
