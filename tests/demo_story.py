@@ -444,8 +444,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             teardown = str(exc).splitlines()[0]
     seconds = time.monotonic() - t0
     left = host_leftovers(daemon, args.image)
-    if teardown:
-        print(f"demo: {teardown}")
+    for note in [teardown, *daemon.teardown_notes]:
+        if note:
+            print(f"demo: {note}")
     print("\n" + story.summary(seconds))
     print("host: " + ("; ".join(left) + " LEFT BEHIND" if left else
                       "every daemon stopped, namespaces and mounts gone, the image unchanged"))

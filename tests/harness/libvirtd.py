@@ -94,6 +94,11 @@ nothing is ever mounted in the host's namespace.
   start, read back after the stop: the image never changes). A daemon without them
   probes its qemu first (about 3.5 s, much longer on a loaded machine) and does not act
   on SIGTERM before that probe is done.
+- libvirt 11 acts on SIGTERM only once its node device driver has enumerated the
+  devices (start() waits for that), and on a loaded machine it sometimes never gets past
+  "Waiting for shutdown completion": in chroot mode stop() then SIGKILLs it after 5 s,
+  which is not a problem (nothing of a throwaway namespace is lost), only a note in
+  ``teardown_notes``.
 
 Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
@@ -320,6 +325,9 @@ class _State:
         self.keep_scratch = keep_scratch
         self.caps_cache = caps_cache
         self.caps_dir = scratch / CAPS_SUBDIR  # the daemon's cache as the host sees it
+        self.term_wait = 10.0
+        self.kill_is_problem = True
+        self.notes: list[str] = []  # what teardown did that is not a problem
         self.reap_wait = 5.0
         self.killed: set[int] = set()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -335,9 +343,11 @@ class _State:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
+                    proc.wait(timeout=self.term_wait)
                 except subprocess.TimeoutExpired:
-                    problems.append(f"libvirtd {proc.pid} ignored SIGTERM for 10 s; SIGKILL")
+                    what = (f"libvirtd {proc.pid} ignored SIGTERM for {self.term_wait:g} s;"
+                            " SIGKILL")
+                    (problems if self.kill_is_problem else self.notes).append(what)
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     proc.wait(timeout=10)
@@ -436,6 +446,10 @@ class PrivateLibvirtd:
         self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache)
         if self.root is not None:
             self._state.caps_dir = self.scratch / "upper" / CAPS_SUBDIR
+            # libvirt 11 (trixie) sometimes never finishes "Waiting for shutdown completion"
+            # on a loaded machine; in a throwaway namespace SIGKILL loses nothing
+            self._state.term_wait = 5.0
+            self._state.kill_is_problem = False
         self._state.reap_wait = reap_wait
         self._finalizer = weakref.finalize(self, _finalize, self._state)
         self._veth_made = False
@@ -446,6 +460,11 @@ class PrivateLibvirtd:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    @property
+    def teardown_notes(self) -> list[str]:
+        """What stop() did that is not a problem (chroot mode: a SIGKILL after SIGTERM)."""
+        return list(self._state.notes)
 
     @property
     def pid(self) -> int | None:
