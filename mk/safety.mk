@@ -1,9 +1,13 @@
 # mk/safety.mk: the proof of safety and speed, included by the Makefile.
 #
-#   make check         runs the fast subsets of tests/test_faults.py and
-#                      tests/test_hostile.py (they are part of tests/)
+#   make check         runs the fast subsets of tests/test_faults.py,
+#                      tests/test_faults_effects.py (libvirt network and
+#                      capability), tests/test_faults_concurrent.py (3 seeded
+#                      rounds of concurrent processes) and tests/test_hostile.py
+#                      (they are part of tests/)
 #   make check-full    the same suites in full (FULL=1: every fault point,
-#                      every garbage kind, more hypothesis examples) and the
+#                      every garbage kind, more hypothesis examples, 24
+#                      concurrent rounds) and the
 #                      apt robustness cases in a bookworm chroot
 #   make bench         bench/run_all.py: doctor, postinst, apt hook, each
 #                      printed as a ratio against an anchor of the same run
@@ -17,7 +21,8 @@ SAFETY_TOP := $(abspath $(dir $(lastword $(MAKEFILE_LIST)))..)
 SAFETY_IMAGE := $(SAFETY_TOP)/.cache/bookworm-libvirt
 SAFETY_ENV := env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
 	HOME=$${HOME:-/root} LC_ALL=C.UTF-8 PYTHONDONTWRITEBYTECODE=1
-SAFETY_TESTS := tests/test_faults.py tests/test_hostile.py tests/test_permissions.py \
+SAFETY_TESTS := tests/test_faults.py tests/test_faults_effects.py tests/test_faults_concurrent.py \
+	tests/test_lock.py tests/test_lock_dpkg.py tests/test_hostile.py tests/test_permissions.py \
 	tests/test_apt_robustness.py
 
 .PHONY: safety-full safety-image

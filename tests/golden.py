@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 CASES = Path(__file__).parent / "cases"
-IGNORED = ("var/lib/virtdeb/journal",)
+IGNORED = ("var/lib/virtdeb/journal", "var/lib/virtdeb/lock")
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:

@@ -61,7 +61,8 @@ def root(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureReques
     targets = sorted({c.target for c in r.plan.changes})
     fl.say(request, f"faults: {len(r.plan.changes)} file change(s) of rules {r.plan.rules()}"
                     f" on {len(targets)} file(s); skipped: {r.plan.skipped or 'none'};"
-                    f" non-file changes left out: {r.plan.non_file or 'none'}")
+                    f" non-file changes left out here: {r.plan.non_file or 'none'}"
+                    " (tests/test_faults_effects.py injects into those)")
     return r
 
 

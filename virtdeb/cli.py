@@ -1,7 +1,8 @@
 """The ``virtdeb`` command: thin argparse over the rules, the journal and the report.
 
 Exit codes: 0 all well; 1 a check FAILed or an operation failed; 2 usage or
-input error (a malformed file, an unknown rule).
+input error (a malformed file, an unknown rule); 75 busy: another virtdeb held
+the lock for longer than ``--wait`` (nothing was changed).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from virtdeb import __version__, report
-from virtdeb.commands.options import add_host_options, host_from, show_and_apply
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
 from virtdeb.errors import VirtdebError
 from virtdeb.rules import ORDER, Status, select
 
@@ -45,10 +46,11 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_apply(args: argparse.Namespace) -> int:
     host = host_from(args)
     rules = select(args.rules)
-    changes = [c for rule in rules for c in rule(host).plan()]
     names = " ".join(r.name for r in rules)
-    show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
-                   unchanged=f"the host already matches ({names})")
+    with locked(host, args):  # plan from the bytes on disk once no other virtdeb writes
+        changes = [c for rule in rules for c in rule(host).plan()]
+        show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
+                       unchanged=f"the host already matches ({names})")
     return 0
 
 
@@ -64,7 +66,8 @@ def cmd_revert(args: argparse.Namespace) -> int:
         for e in entries:
             print(f"{e.id}  {e.status:<8}  {e.command}: {', '.join(e.targets())}")
         return 0
-    entry, messages = journal.revert(args.id)
+    with locked(host, args, recover=False):
+        entry, messages = journal.revert(args.id, connect=args.connect)
     for message in messages:
         print(message)
     print(f"reverted journal entry {entry.id} ({entry.command})")
@@ -81,7 +84,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     rules_help = f"rules to run (default all: {', '.join(ORDER)})"
 
     p = sub.add_parser("doctor", help="check the host, change nothing")
-    add_host_options(p)
+    add_host_options(p, writes=False)
     p.add_argument("--json", action="store_true", help="print findings as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="show only WARN and FAIL")
     p.add_argument("rules", nargs="*", metavar="RULE", help=rules_help)
@@ -94,7 +97,8 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     p.add_argument("rules", nargs="+", metavar="RULE", help=rules_help)
     p.set_defaults(func=cmd_apply)
 
-    p = sub.add_parser("revert", help="undo the last apply, or the one named by ID")
+    p = sub.add_parser("revert", help="undo the last apply, or the one named by ID;"
+                       " libvirt changes on the URI they were made on (unless --connect)")
     add_host_options(p, config=False)
     p.add_argument("--list", action="store_true", help="list the journal")
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VirtdebError as exc:
-        print(f"virtdeb: error: {exc.message}", file=sys.stderr)
+        print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("virtdeb: interrupted", file=sys.stderr)

@@ -19,7 +19,7 @@ import configparser
 import functools
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from virtdeb import fsio
@@ -86,6 +86,16 @@ class Config:
 
     values: Mapping[tuple[str, str], str]
     path: str = "/etc/virtdeb/virtdeb.conf"
+    lines: Mapping[tuple[str, str], int] = field(default_factory=dict)  # where each was set
+    overridden: frozenset[tuple[str, str]] = frozenset()  # set by --set
+
+    def where(self, section: str, key: str) -> str:
+        """Where a value came from, for an error: ``FILE:LINE: [section] key``."""
+        if (section, key) in self.overridden:
+            return f"--set {section}.{key}"
+        line = self.lines.get((section, key))
+        at = f"{self.path}:{line}" if line is not None else self.path
+        return f"{at}: [{section}] {key}"
 
     @classmethod
     def defaults(cls) -> Config:
@@ -112,6 +122,7 @@ class Config:
             lineno = exc.errors[0][0] if exc.errors else None
             raise ParseError(path, lineno, None, "not a 'key = value' line") from exc
         values = dict(cls.defaults().values)
+        lines: dict[tuple[str, str], int] = {}
         known = schema()
         for section in parser.sections():
             if section not in known:
@@ -124,15 +135,19 @@ class Config:
                                      f"unknown key {key!r} in [{section}]"
                                      f" (known: {', '.join(known[section])})")
                 value = " ".join(value.split())
+                line = _line_of(text, section, key)
                 problem = known[section][key].problem(value)
                 if problem:
-                    raise ParseError(path, _line_of(text, section, key), None,
-                                     f"{section}.{key}: {problem}")
+                    raise ParseError(path, line, None, f"[{section}] {key}: {problem}")
                 values[(section, key)] = value
+                if line is not None:
+                    lines[(section, key)] = line
+        overridden = set()
         for dotted, value in (overrides or {}).items():
             section, key = check_setting(dotted, value)
             values[(section, key)] = " ".join(value.split())
-        return cls(values, path)
+            overridden.add((section, key))
+        return cls(values, path, lines, frozenset(overridden))
 
     @classmethod
     def load(cls, real: Path, overrides: Mapping[str, str] | None = None,

@@ -11,6 +11,7 @@ class VirtdebError(Exception):
     """Base of every error virtdeb reports to a person."""
 
     name = "virtdeb-error"
+    label = "error"  # the word after "virtdeb:" when an entry point prints it
     exit_code = 2
 
     def __init__(self, message: str) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from virtdeb.errors import ParseError, SystemCommandError, UnsafePathError
 
 NEW_FILE_MODE = 0o644
+TEMP_SUFFIX = ".virtdeb-new"  # atomic_write's temporary file: .NAME.virtdeb-new
 
 
 def read_bytes(real: Path, shown: str) -> bytes | None:
@@ -86,8 +87,35 @@ def _unlink_if_there(path: Path) -> None:
         pass
 
 
-def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -> None:
-    """Replace ``real`` with ``data`` atomically; create parents (0755) as needed."""
+def sweep_temps(directory: Path) -> list[str]:
+    """Remove the temporary files a killed :func:`atomic_write` left in ``directory``.
+
+    Only regular files named ``.NAME.virtdeb-new`` (virtdeb's own); called
+    under virtdeb's lock, so no other virtdeb is writing one.  Their names.
+    """
+    removed = []
+    try:
+        with os.scandir(directory) as it:
+            found = [e for e in it if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX)
+                     and e.is_file(follow_symlinks=False)]
+    except OSError:
+        return []
+    for entry in found:
+        try:
+            os.unlink(entry.path)
+        except OSError:
+            continue
+        removed.append(entry.name)
+    return removed
+
+
+def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None, *,
+                 exclusive: bool = False) -> None:
+    """Replace ``real`` with ``data`` atomically; create parents (0755) as needed.
+
+    ``exclusive``: create ``real`` only if it does not exist (FileExistsError if
+    it does), still never visible half-written.
+    """
     check_writable(real, shown)
     try:
         old = os.lstat(real)
@@ -96,7 +124,8 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
     try:
         make_dirs(real.parent)
         check_writable(real, shown)
-        tmp = real.parent / f".{real.name}.virtdeb-new"
+        sweep_temps(real.parent)
+        tmp = real.parent / f".{real.name}{TEMP_SUFFIX}"
         _unlink_if_there(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
@@ -110,7 +139,11 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
                 else:
                     os.fchmod(fh.fileno(), NEW_FILE_MODE if mode is None else mode)
                 os.fsync(fh.fileno())
-            os.replace(tmp, real)
+            if exclusive:
+                os.link(tmp, real)  # fails if real exists
+                os.unlink(tmp)
+            else:
+                os.replace(tmp, real)
         except BaseException:
             _unlink_if_there(tmp)
             raise
@@ -120,6 +153,8 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
         finally:
             os.close(dfd)
     except OSError as exc:
+        if exclusive and isinstance(exc, FileExistsError) and exc.filename2 is not None:
+            raise  # os.link: real exists
         raise SystemCommandError(f"{shown}: cannot write: {exc.strerror}; nothing was"
                                  " changed in it") from exc
 
@@ -127,6 +162,7 @@ def atomic_write(real: Path, data: bytes, shown: str, mode: int | None = None) -
 def remove(real: Path, shown: str) -> None:
     """Remove a file virtdeb created (used by revert)."""
     check_writable(real, shown)
+    sweep_temps(real.parent)
     try:
         os.unlink(real)
     except FileNotFoundError:

@@ -158,7 +158,10 @@ class Host:
     def run(self, argv: Sequence[str], *, check: bool = True,
             input: str | None = None) -> subprocess.CompletedProcess[str]:
         """Run a command (never through a shell) with a clean PATH and C locale."""
-        env = {"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8"}
+        from virtdeb.lock import child_env
+
+        # a trigger of a dpkg run from here goes on under this process's lock
+        env = {"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8", **child_env()}
         log.debug("running %s", " ".join(argv))
         try:
             proc = subprocess.run(list(argv), capture_output=True, text=True, env=env,

@@ -17,11 +17,12 @@ import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from virtdeb import lock
 from virtdeb.cpu import microcode
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
-from virtdeb.host import Host
+from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
 from virtdeb.rules import RULES, load_all
 
@@ -98,7 +99,7 @@ def save_answers(host: Host) -> Host:
     if answers:
         Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
     mark_synced(host)
-    return Host(root=host.root)
+    return Host(root=host.root, uri=host.uri, netns=host.netns)
 
 
 # sha256 of virtdeb.conf as the postinst last wrote it from debconf: debian/config imports
@@ -138,38 +139,69 @@ def reported(rule: str) -> Iterator[None]:
         log.warning("%s: %s", rule, exc.message)
 
 
-def main(argv: Sequence[str] | None = None, root: str = "/") -> int:
+def main(argv: Sequence[str] | None = None, root: str = "/", uri: str = DEFAULT_URI) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, format="virtdeb: %(message)s")
     if not args:
         print("usage: maint configure [OLDVERSION] | triggered TRIGGERS | boot", file=sys.stderr)
         return 2
-    host = Host(root=Path(root))
+    action = args[0]
+    if action not in ("configure", "triggered", "boot"):
+        print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
+        return 2
+    host = Host(root=Path(root), uri=uri)
+    try:
+        # one lock around the whole action: the plans are made under it; a dpkg
+        # that a locked virtdeb started runs this under that virtdeb's lock
+        with Journal(host).locked(f"maint {' '.join(args)}",
+                                  lock.wait_seconds(None, lock.MAINT_WAIT)):
+            return _run(host, action, args[1:])
+    except lock.BusyError as exc:
+        log.warning("busy: %s; %s", exc.message, _not_done(action, args[1:]))
+        return 0  # never fail dpkg because the admin's virtdeb is running
+    except VirtdebError as exc:  # the lock itself, or $VIRTDEB_LOCK_WAIT
+        print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
+        return 1
+    finally:
+        host.close()
+
+
+def _not_done(action: str, rest: Sequence[str]) -> str:
+    if action == "configure":
+        return "postinst configure did not apply the rules: run dpkg-reconfigure virtdeb"
+    if action == "boot":
+        return "the CPU models were not checked: run virtdeb cpu-check"
+    rules = rules_for_triggers(rest)
+    then = "; then virtdeb cpu-check" if "cpu" in rules else ""
+    return (f"the trigger did not re-apply its rules: run virtdeb apply"
+            f" {' '.join(rules) or 'RULE'}{then}")
+
+
+def _run(host: Host, action: str, rest: Sequence[str]) -> int:
     try:  # the two files every rule needs: unreadable, virtdeb cannot work
         host.config  # noqa: B018 - virtdeb.conf
         host.installed("virtdeb")  # dpkg's status file
     except VirtdebError as exc:
         print(f"virtdeb: error: {exc.message}", file=sys.stderr)
         return 1
-    action = args[0]
     if action == "configure":
-        host = save_answers(host)
-        run_rules(host, configure_rules(), "postinst configure")
-        with reported("cpu"):  # the baseline the boot unit compares with, recorded once
-            microcode.ensure_baseline(host)
+        answered = save_answers(host)
+        try:
+            run_rules(answered, configure_rules(), "postinst configure")
+            with reported("cpu"):  # the baseline the boot unit compares with, recorded once
+                microcode.ensure_baseline(answered)
+        finally:
+            if answered is not host:
+                answered.close()
     elif action == "triggered":
-        wanted = rules_for_triggers(args[1:])
+        wanted = rules_for_triggers(rest)
         run_rules(host, wanted, "postinst triggered")
         if "cpu" in wanted:  # baseline, marker for the next boot, a check now
             with reported("cpu"):
-                microcode.microcode_triggered(host, " ".join(args[1:]).split())
-    elif action == "boot":  # the boot unit: check the domains' CPUs if something changed
+                microcode.microcode_triggered(host, " ".join(rest).split())
+    else:  # boot, the boot unit: check the domains' CPUs if something changed
         with reported("cpu"):
             microcode.boot(host)
-    else:
-        print(f"virtdeb: maint: unknown action {action!r}", file=sys.stderr)
-        return 2
-    host.close()
     return 0
 
 

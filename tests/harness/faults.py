@@ -239,10 +239,11 @@ def file_changes(root: Path, uri: str = URI) -> Plan:
 
 
 def apply_files(root: Path, command: str = "faults") -> int:
-    """Plan on ``root`` and apply the file changes through the journal; how many."""
-    plan = file_changes(root)
+    """Plan on ``root`` under the lock and apply the file changes; how many."""
     host = Host(root=root, uri=URI)
-    Journal(host).apply(plan.changes, command)
+    with Journal(host).locked(command):  # an interrupted entry is undone before planning
+        plan = file_changes(root)
+        Journal(host).apply(plan.changes, command)
     return len(plan.changes)
 
 
@@ -288,15 +289,21 @@ def recover(root: Path, before: Snap, after: Snap, *, temps_ok: bool) -> list[st
         copy = root.parent / f"{root.name}-{way}"
         shutil.rmtree(copy, ignore_errors=True)
         shutil.copytree(root, copy, symlinks=True)
+        ran = True
         try:
             if way == "revert":
-                if pending_entry(copy):
+                ran = pending_entry(copy)
+                if ran:
                     revert(copy)
                 want = before
             else:
                 apply_files(copy, "faults reapply")
                 want = after
-            now = {k: v for k, v in state(copy).items() if not k.endswith(TEMP_SUFFIX)}
+            now = state(copy)
+            left = temp_files(copy) if ran else []
+            if left:  # the next run that writes in a directory, and revert, remove them
+                problems.append(f"{way}: temp files left: {', '.join(left)}")
+            now = {k: v for k, v in now.items() if not k.endswith(TEMP_SUFFIX)}
             if now != want:
                 bad = sorted(k for k in set(now) | set(want) if now.get(k) != want.get(k))
                 problems.append(f"{way}: not all files as {'before' if want is before else 'after'}"
@@ -309,7 +316,8 @@ def recover(root: Path, before: Snap, after: Snap, *, temps_ok: bool) -> list[st
 
 
 # -- the fault injector --------------------------------------------------------
-AUDIT_EVENTS = {"open", "os.mkdir", "os.chmod", "os.chown", "os.rename", "os.remove"}
+AUDIT_EVENTS = {"open", "os.mkdir", "os.chmod", "os.chown", "os.rename", "os.remove",
+                "os.link", "os.truncate", "os.setxattr", "os.removexattr"}
 
 
 class Injector:

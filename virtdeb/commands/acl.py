@@ -28,7 +28,7 @@ import re
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.commands.options import add_host_options, host_from, show_and_apply
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
 from virtdeb.edit import Editor, owned
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
@@ -186,7 +186,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("user", metavar="USER")
     r.add_argument("--dry-run", "-n", action="store_true", help="show the diff, write nothing")
     s = acts.add_parser("show", help="list the grants")
-    add_host_options(s)
+    add_host_options(s, writes=False)
     p.set_defaults(func=cmd_acl)
 
 
@@ -221,6 +221,11 @@ def describe(grant: Grant) -> str:
 
 def cmd_acl(args: argparse.Namespace) -> int:
     host = host_from(args)
+    with locked(host, args, writes=args.acl_command != "show"):  # read under the lock
+        return _acl(host, args)
+
+
+def _acl(host: Host, args: argparse.Namespace) -> int:
     before, grants = read_grants(host)
     if args.acl_command == "show":
         return show(host, grants)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from virtdeb.commands.options import add_host_options, host_from
+from virtdeb.commands.options import add_host_options, host_from, locked
 from virtdeb.cpu import STRATEGIES
 from virtdeb.cpu.compare import DomainReport, Progress, Verdict, inspect
 from virtdeb.cpu.fix import fix_all, verify
@@ -40,20 +40,21 @@ def summary(reports: Sequence[DomainReport], calls: int) -> str:
 def cmd_cpu_check(args: argparse.Namespace) -> int:
     host = host_from(args)
     names = [n for group in args.domain for n in group]
-    progress = Progress(sys.stderr, "comparing CPUs")
-    try:
-        reports, comparer = inspect(host.connect(), names, progress)
-    finally:
-        progress.done()
-    calls = comparer.calls
     fixed: list[tuple[str, Verdict]] = []
     entry_id = None
-    if args.fix:
-        changes, entry_id = fix_all(host, reports, args.fix, comparer,
-                                    f"cpu-check --fix {args.fix}", args.dry_run,
-                                    None if args.json else sys.stdout)
-        if entry_id:
-            fixed = verify(host.connect(), changes)
+    with locked(host, args, writes=bool(args.fix)):  # a fix is planned under the lock
+        progress = Progress(sys.stderr, "comparing CPUs")
+        try:
+            reports, comparer = inspect(host.connect(), names, progress)
+        finally:
+            progress.done()
+        calls = comparer.calls
+        if args.fix:
+            changes, entry_id = fix_all(host, reports, args.fix, comparer,
+                                        f"cpu-check --fix {args.fix}", args.dry_run,
+                                        None if args.json else sys.stdout)
+            if entry_id:
+                fixed = verify(host.connect(), changes)
     if args.json:
         json.dump({"domains": [r.as_json() for r in reports],
                    "compared": calls, "journal": entry_id,

@@ -15,7 +15,7 @@ import argparse
 import os
 import sys
 
-from virtdeb.commands.options import add_host_options, host_from, show_and_apply
+from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
 from virtdeb.errors import UsageError
 from virtdeb.rules import debug
 
@@ -66,15 +66,15 @@ def cmd_debug(args: argparse.Namespace) -> int:
             raise UsageError("debug: nothing to do: give -- COMMAND, --enable or --disable")
         return run_with_debug(command)
     host = host_from(args)
-    if args.disable:
-        changes = debug.logging_changes(host, None, None)
-    else:
+    filters = outputs = None
+    if not args.disable:
         filters = debug.checked(args.enable, debug.FILTER, "--enable")
         outputs = debug.checked(args.outputs, debug.OUTPUT, "--outputs")
+    with locked(host, args):
         changes = debug.logging_changes(host, filters, outputs)
-    entry = show_and_apply(host, changes,
-                           "debug " + ("--disable" if args.disable else "--enable"),
-                           dry_run=args.dry_run, unchanged=f"{debug.CONF} already says so")
+        entry = show_and_apply(host, changes,
+                               "debug " + ("--disable" if args.disable else "--enable"),
+                               dry_run=args.dry_run, unchanged=f"{debug.CONF} already says so")
     if entry is not None:
         print(RESTART)
     return 0

@@ -4,6 +4,7 @@ to show and make a plan.  cli.py and the modules of this package import it (neve
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +29,8 @@ def host_from(args: argparse.Namespace) -> Host:
     return Host(root=Path(args.root), uri=args.connect or DEFAULT_URI, overrides=overrides)
 
 
-def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True) -> None:
+def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True,
+                     writes: bool = True) -> None:
     parser.add_argument("--root", default="/", metavar="DIR",
                         help="act on the system installed under DIR (default /)")
     parser.add_argument("--connect", "-c", metavar="URI",
@@ -36,6 +38,23 @@ def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True) ->
     if config:
         parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                             help="override a virtdeb.conf value for this run")
+    if writes:
+        parser.add_argument("--wait", type=float, metavar="SECONDS",
+                            help="wait this long for another virtdeb to finish (default"
+                                 " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
+
+
+def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
+           recover: bool = True) -> contextlib.AbstractContextManager[None]:
+    """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false.
+
+    ``recover``: first undo what an interrupted apply left (not for revert).
+    """
+    if not writes or getattr(args, "dry_run", False):
+        return contextlib.nullcontext()
+    from virtdeb.journal import Journal  # here: doctor does not need it
+
+    return Journal(host).locked(wait=getattr(args, "wait", None), recover=recover)
 
 
 def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_run: bool,

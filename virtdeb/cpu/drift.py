@@ -210,11 +210,12 @@ def save(host: Host, result: Mapping[str, Any]) -> str | None:
 
     hosts = [{k: v for k, v in h.items() if k != "unusable_models"} for h in result["hosts"]]
     data = (json.dumps({**result, "hosts": hosts}, indent=1, sort_keys=True) + "\n").encode()
-    before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
-    if before == data:
-        return None
-    entry = Journal(host).apply([FileChange("cpu", FLEET_STATE, before, data)],
-                                "cpu-baseline --save")
+    with Journal(host).locked("virtdeb cpu-baseline --save"):  # read under the lock
+        before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
+        if before == data:
+            return None
+        entry = Journal(host).apply([FileChange("cpu", FLEET_STATE, before, data)],
+                                    "cpu-baseline --save")
     return None if entry is None else entry.id
 
 

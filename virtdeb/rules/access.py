@@ -47,7 +47,8 @@ class Access(Rule):
     def _wanted(self) -> list[str]:
         users = self.host.config.words("access", "users")
         return checked_users(groups.passwd_users(self.host), users,
-                             groups.name_regex(self.host), "[access] users")
+                             groups.name_regex(self.host), self.host.config.where("access",
+                                                                                 "users"))
 
     def check(self) -> list[Finding]:
         try:

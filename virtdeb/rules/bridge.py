@@ -54,18 +54,19 @@ CONFIG = "/etc/virtdeb/virtdeb.conf"
 MAX_INCLUDES = 16
 
 
-def check_bridge_name(name: str, source: str = CONFIG) -> str:
-    """``name`` if it is a valid bridge name, else a one-line UsageError."""
+def check_bridge_name(name: str, source: str = f"{CONFIG}: [bridge] allow") -> str:
+    """``name`` if it is a valid bridge name, else a one-line UsageError naming ``source``."""
     problem = interface_name_problem(name)
     if problem:
-        raise UsageError(f"{source}: [bridge] allow: {name!r} is not a valid bridge name"
+        raise UsageError(f"{source}: {name!r} is not a valid bridge name"
                          f" ({problem}); fix the value and run again")
     return name
 
 
 def bridge_names(host: Host) -> list[str]:
     """The bridges of ``[bridge] allow``, each checked by :func:`check_bridge_name`."""
-    return [check_bridge_name(n, host.config.path) for n in host.config.words("bridge", "allow")]
+    where = host.config.where("bridge", "allow")
+    return [check_bridge_name(n, where) for n in host.config.words("bridge", "allow")]
 
 
 def acl(host: Host) -> tuple[set[str], set[str]]:
