@@ -13,6 +13,7 @@ from tests.harness.libvirtd import (
     PATH,
     PrivateLibvirtd,
     PrivateLibvirtdError,
+    _is_zombie_or_gone,
     netns_pids,
     skip_reason,
     sweep_stale,
@@ -41,17 +42,9 @@ def needs_daemon() -> None:
         pytest.skip(reason)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
-
-
 def _assert_gone(netns: str, scratch: Path, pids: list[int]) -> None:
     assert pids, "expected some processes to check"
-    assert [p for p in pids if _alive(p)] == []
+    assert [p for p in pids if not _is_zombie_or_gone(p)] == []
     assert netns not in sh("ip", "netns", "list").stdout
     assert not Path("/run/netns", netns).exists()
     assert not scratch.exists()

@@ -45,7 +45,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.libvirtd import PrivateLibvirtd, netns_pids
+from tests.harness.libvirtd import PrivateLibvirtd, _live_pids
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdfleet-"
@@ -95,20 +95,12 @@ def pick_subnet() -> ipaddress.IPv4Network:
     raise FleetError(f"every /24 of {CANDIDATES} overlaps a route or address of this machine")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return not state[state.rfind(")") + 2:].startswith(("Z", "X"))
-
-
 def kill_netns(*namespaces: str, timeout: float = 10.0, spare: Sequence[int] = ()) -> list[int]:
     """SIGTERM every process of NAMESPACES but SPARE, SIGKILL after 2 s; those still alive."""
     deadline = time.monotonic() + timeout
     first = time.monotonic()
     while True:
-        pids = [p for ns in namespaces for p in netns_pids(ns) if _alive(p) and p not in spare]
+        pids = [p for ns in namespaces for p in _live_pids(ns) if p not in spare]
         if not pids or time.monotonic() > deadline:
             return pids
         sig = signal.SIGTERM if time.monotonic() - first < 2 else signal.SIGKILL
