@@ -36,7 +36,6 @@ import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -45,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.libvirtd import PrivateLibvirtd, _live_pids
+from tests.harness.libvirtd import PrivateLibvirtd, _kill_netns_processes
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdfleet-"
@@ -95,21 +94,6 @@ def pick_subnet() -> ipaddress.IPv4Network:
     raise FleetError(f"every /24 of {CANDIDATES} overlaps a route or address of this machine")
 
 
-def kill_netns(*namespaces: str, timeout: float = 10.0, spare: Sequence[int] = ()) -> list[int]:
-    """SIGTERM every process of NAMESPACES but SPARE, SIGKILL after 2 s; those still alive."""
-    deadline = time.monotonic() + timeout
-    first = time.monotonic()
-    while True:
-        pids = [p for ns in namespaces for p in _live_pids(ns) if p not in spare]
-        if not pids or time.monotonic() > deadline:
-            return pids
-        sig = signal.SIGTERM if time.monotonic() - first < 2 else signal.SIGKILL
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(0.05)
-
-
 def sweep_stale() -> list[str]:
     """Remove vdfleet-<pid>-* namespaces and scratch dirs of dead owners (a killed pytest).
 
@@ -126,7 +110,7 @@ def sweep_stale() -> list[str]:
         if not m or Path(f"/proc/{m.group(1)}").exists():
             continue
         if Path("/run/netns", name).exists():
-            kill_netns(name)
+            _kill_netns_processes(name)
             _run(["ip", "netns", "del", name], check=False)
         shutil.rmtree(Path(tempfile.gettempdir(), name), ignore_errors=True)
         removed.append(name)
@@ -312,10 +296,10 @@ class Fleet:
 
         # the clients first (ssh masters, sshd and its sessions, virt-ssh-helper): a
         # libvirtd with open connections may take long to stop
-        kill_netns(*self._namespaces)
+        _kill_netns_processes(*self._namespaces)
         hosts_ns = [h.netns for h in self.hosts if h.daemon is not None and h.daemon.pid]
         daemons = [h.daemon.pid for h in self.hosts if h.daemon is not None and h.daemon.pid]
-        kill_netns(*hosts_ns, spare=[p for p in daemons if p is not None])
+        _kill_netns_processes(*hosts_ns, spare=[p for p in daemons if p is not None])
         # in parallel: each stop waits up to 5 s for init to reap the daemons' orphans
         threads = [threading.Thread(target=stop_host, args=(h,)) for h in self.hosts]
         for t in threads:
@@ -326,7 +310,7 @@ class Fleet:
             if h.sshd is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     h.sshd.wait(timeout=10)
-        left = kill_netns(*self._namespaces)
+        left = _kill_netns_processes(*self._namespaces)
         if left:
             problems.append(f"pids {left} survive SIGKILL")
         for netns in reversed(self._namespaces):

@@ -202,12 +202,13 @@ def _live_pids(netns: str) -> list[int]:
     return [p for p in netns_pids(netns) if not _is_zombie_or_gone(p)]
 
 
-def _kill_netns_processes(netns: str, timeout: float = 10.0) -> list[int]:
-    """SIGTERM, then SIGKILL, every process of NETNS; return the pids still alive."""
+def _kill_netns_processes(*namespaces: str, timeout: float = 10.0,
+                          spare: Sequence[int] = ()) -> list[int]:
+    """SIGTERM, then SIGKILL, every process of NAMESPACES but SPARE; return those still alive."""
     deadline = time.monotonic() + timeout
     term_sent_at: float | None = None
     while True:
-        pids = _live_pids(netns)
+        pids = [p for ns in namespaces for p in _live_pids(ns) if p not in spare]
         if not pids:
             return []
         now = time.monotonic()
