@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from tests.harness.libvirtd import (
     PrivateLibvirtdError,
     _is_zombie_or_gone,
     netns_pids,
+    shutdown_begun,
     skip_reason,
     sweep_stale,
 )
@@ -167,6 +169,30 @@ def test_teardown_on_exception(needs_daemon: None, exc: type[BaseException]) -> 
             pids = netns_pids(d.netns)
             raise exc("boom")
     _assert_gone(d.netns, d.scratch, pids)
+
+
+def test_a_daemon_that_never_acts_on_sigterm_is_a_problem(needs_daemon: None) -> None:
+    """A SIGKILL is a note only after a shutdown that began; a stopped libvirtd (SIGSTOP:
+    it never takes the SIGTERM) makes stop() raise, and still nothing is left behind."""
+    d = PrivateLibvirtd()
+    d.start()
+    pids, pid = d.pids(), d.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGSTOP)
+    with pytest.raises(PrivateLibvirtdError, match=r"did not act on SIGTERM in 10 s \(libvirtd:"):
+        d.stop()
+    _assert_gone(d.netns, d.scratch, pids)
+    assert d.teardown_notes == []
+
+
+def test_shutdown_begun_is_the_daemon_shutdown_thread() -> None:
+    # the threads of a libvirt 11 daemon hung in its shutdown (trixie, seen in CI)
+    hung = [("libvirtd", "poll_schedule_timeout.constprop.0"), ("pool-spawner", "futex_do_wait"),
+            ("gmain", "poll_schedule_timeout.constprop.0"), ("udev-event", "futex_do_wait"),
+            ("daemon-shutdown", "futex_do_wait")]
+    assert shutdown_begun(hung)
+    assert not shutdown_begun(hung[:-1])
+    assert not shutdown_begun([])
 
 
 def test_start_failure_reports_log_and_cleans_up(needs_daemon: None) -> None:
