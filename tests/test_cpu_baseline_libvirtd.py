@@ -363,3 +363,21 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
     fits = next(d for d in result["domains"] if d["name"] == "fits")
     assert fits["moves"][c.uri]["state"] == "no-answer" and fits["moves"][c.uri]["can"] is None
     assert fits["moves"][hosts[1].uri]["state"] == "yes"
+
+
+def test_save_while_another_virtdeb_holds_the_lock_is_busy_and_saves_nothing(
+        hosts: list[Host], tmp_path: Path) -> None:
+    from virtdeb import lock
+
+    a = hosts[0]
+    with lock.hold(VHost(root=tmp_path), "test holder"):
+        proc = run(tmp_path, "--save", "--wait", "0.3", a.uri)
+        show(proc)
+        assert proc.returncode == lock.BUSY_EXIT, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"virtdeb: busy: pid {os.getpid()} (test holder) still holds {lock.LOCK} after 0.3 s;")
+    assert not (tmp_path / "var/lib/virtdeb/cpu/fleet.json").exists()
+    assert not (tmp_path / "var/lib/virtdeb/journal").exists()
+    proc = run(tmp_path, "--save", "--wait", "0.3", a.uri)  # the lock is free again
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert (tmp_path / "var/lib/virtdeb/cpu/fleet.json").exists()

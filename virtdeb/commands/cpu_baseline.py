@@ -38,6 +38,9 @@ def add_parser(sub: Any) -> None:
                         f" (default {baseline.DEFAULT_TIMEOUT:g})")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="the saved baseline lives under DIR (default /)")
+    p.add_argument("--wait", type=float, metavar="SECONDS",
+                   help="with --save: wait this long for another virtdeb to finish (default"
+                        " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
     p.set_defaults(func=cmd_cpu_baseline)
 
 
@@ -62,7 +65,7 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
     entry = None
     if args.save:
-        entry = drift.save(local, carry_over(saved, result))
+        entry = drift.save(local, carry_over(saved, result), wait=args.wait)
         result["saved_to"] = drift.FLEET_STATE
         result["journal"] = entry
     if args.json:

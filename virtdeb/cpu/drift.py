@@ -199,9 +199,10 @@ def load_saved(host: Host) -> dict[str, Any] | None:
     return microcode.read_json(host, FLEET_STATE)
 
 
-def save(host: Host, result: Mapping[str, Any]) -> str | None:
+def save(host: Host, result: Mapping[str, Any], wait: float | None = None) -> str | None:
     """Record the fleet's result through the journal (``virtdeb revert`` undoes it), as
     every file virtdeb writes; the id of the journal entry (None: nothing changed).
+    ``wait``: how long to wait for virtdeb's lock (see :func:`virtdeb.lock.wait_seconds`).
 
     The models' blockers are left out: only what :func:`drift` compares is kept.
     """
@@ -210,7 +211,7 @@ def save(host: Host, result: Mapping[str, Any]) -> str | None:
 
     hosts = [{k: v for k, v in h.items() if k != "unusable_models"} for h in result["hosts"]]
     data = (json.dumps({**result, "hosts": hosts}, indent=1, sort_keys=True) + "\n").encode()
-    with Journal(host).locked("virtdeb cpu-baseline --save"):  # read under the lock
+    with Journal(host).locked("virtdeb cpu-baseline --save", wait):  # read under the lock
         before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
         if before == data:
             return None
