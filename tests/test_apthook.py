@@ -85,6 +85,24 @@ def test_microcode_upgrade_lists_fragile_domains(root: Path) -> None:
     assert "virtdeb cpu-check" in text
 
 
+def test_clones_of_one_template_are_one_line(root: Path) -> None:
+    qemu = root / "etc/libvirt/qemu"
+    for i in range(40):
+        (qemu / f"web{i:02d}.xml").write_text(FRAGILE.format(name=f"web{i:02d}"))
+    (qemu / "db.xml").write_text(FRAGILE.format(name="db").replace("Haswell", "Broadwell"))
+    code, text = run_hook(stream(MICROCODE_UP), root)
+    assert code == 0
+    listed = [line for line in text.splitlines() if line.startswith("virtdeb:   ")]
+    assert listed == [
+        "virtdeb:   db: Broadwell (fallback=forbid, match=exact)",
+        "virtdeb:   web, web00, web01, web02 and 37 more (41 domains): Haswell"
+        " (fallback=forbid, match=exact)"], text
+    code, text = run_hook(stream(MICROCODE_UP), root, DEBIAN_FRONTEND="noninteractive")
+    assert text.count("\n") == 1
+    assert ("db (Broadwell; fallback=forbid, match=exact); web, web00, web01, web02 and 37"
+            " more (Haswell; fallback=forbid, match=exact)") in text
+
+
 def test_microcode_noninteractive_is_short_but_says_it(root: Path) -> None:
     code, text = run_hook(stream(MICROCODE_UP), root, DEBIAN_FRONTEND="noninteractive")
     assert code == 0

@@ -87,15 +87,16 @@ def parse(data: bytes) -> tuple[list[tuple[str, str, str]], list[str]] | None:
     return list(installs.values()), removes
 
 
-def fragile_domains(root: str) -> list[tuple[str, str, list[str]]]:
-    """(name, model, reasons) of persistent QEMU domains with a fragile custom CPU."""
+def fragile_domains(root: str) -> list[tuple[list[str], str, list[str]]]:
+    """(names, model, reasons) of persistent QEMU domains with a fragile custom CPU, one
+    entry per CPU definition (domains cloned from one template share one), in name order."""
     from pathlib import Path
 
     from virtdeb import fsio
-    from virtdeb.cpu.xml import fragility, model_of, parse_domain
+    from virtdeb.cpu.xml import fragility, model_of, normalise, parse_domain
     from virtdeb.errors import VirtdebError
 
-    out = []
+    groups: dict[tuple[str, tuple[str, ...]], tuple[list[str], str, list[str]]] = {}
     directory = os.path.join(root, QEMU_DEFS.lstrip("/"))
     try:
         names = sorted(n for n in os.listdir(directory) if n.endswith(".xml"))
@@ -109,9 +110,10 @@ def fragile_domains(root: str) -> list[tuple[str, str, list[str]]]:
         except (VirtdebError, ValueError, SyntaxError):
             continue  # ET.ParseError is a SyntaxError
         reasons = fragility(dom.cpu)
-        if reasons:
-            out.append((dom.name, model_of(dom.cpu), reasons))
-    return out
+        if reasons and dom.cpu is not None:
+            key = (normalise(dom.cpu), tuple(reasons))
+            groups.setdefault(key, ([], model_of(dom.cpu), reasons))[0].append(dom.name)
+    return list(groups.values())
 
 
 def block_on_fragile(root: str) -> bool:
@@ -135,7 +137,9 @@ def warn_microcode(upgrades: Sequence[tuple[str, str, str]], root: str, quiet: b
         if not quiet:
             out.write(f"virtdeb: {what}: no domain has a fragile custom CPU model\n")
         return False
-    names = ", ".join(f"{n} ({m}; {', '.join(r)})" for n, m, r in domains)
+    from virtdeb.cpu.report import abbreviate
+
+    names = "; ".join(f"{abbreviate(n)} ({m}; {', '.join(r)})" for n, m, r in domains)
     if quiet:
         out.write(f"virtdeb: {what}: domains with fragile CPU models: {names};"
                   " after the reboot run: virtdeb cpu-check\n")
@@ -143,8 +147,9 @@ def warn_microcode(upgrades: Sequence[tuple[str, str, str]], root: str, quiet: b
     out.write(f"virtdeb: {what} may remove CPU features (Intel TSX: hle, rtm).\n"
               f"virtdeb: these domains have a custom CPU model that will not start if a"
               f" feature it needs goes away:\n")
-    for name, model, reasons in domains:
-        out.write(f"virtdeb:   {name}: {model} ({', '.join(reasons)})\n")
+    for members, model, reasons in domains:
+        count = f" ({len(members)} domains)" if len(members) > 1 else ""
+        out.write(f"virtdeb:   {abbreviate(members)}{count}: {model} ({', '.join(reasons)})\n")
     out.write("virtdeb: after the reboot check them with: virtdeb cpu-check\n"
               "virtdeb: and fix them with: virtdeb cpu-check --fix disable-missing"
               " (or model, host-model)\n")

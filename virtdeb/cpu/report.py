@@ -53,12 +53,16 @@ def groups(reports: Sequence[_Report]) -> list[list[_Report]]:
     return found
 
 
-def names(members: Sequence[_Report], shown: int = SHOWN) -> str:
+def abbreviate(all_names: Sequence[str], shown: int = SHOWN) -> str:
     """``a, b, c, d and 36 more``: every name up to SHOWN + 1, else SHOWN and a count."""
-    all_names = [r.dom.name for r in members]
     if len(all_names) <= shown + 1:
         return ", ".join(all_names)
     return f"{', '.join(all_names[:shown])} and {len(all_names) - shown} more"
+
+
+def names(members: Sequence[_Report], shown: int = SHOWN) -> str:
+    """The members' domain names, abbreviated (:func:`abbreviate`)."""
+    return abbreviate([r.dom.name for r in members], shown)
 
 
 def group_line(members: Sequence[_Report], shown: int = SHOWN) -> str:
