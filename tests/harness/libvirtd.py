@@ -356,6 +356,10 @@ def _sync_xml(src: Path, dst: Path) -> None:
         os.replace(tmp, target)
 
 
+# every teardown note of this process, for the pytest summary (none is lost unseen)
+SESSION_NOTES: list[str] = []
+
+
 class _State:
     """Everything teardown needs; no reference to the PrivateLibvirtd (for finalize)."""
 
@@ -392,10 +396,11 @@ class _State:
                         # libvirt 11 sometimes never finishes its own shutdown: its
                         # daemon-shutdown thread waits for the udev-event thread forever.
                         # Nothing of a throwaway namespace is lost by the SIGKILL.
-                        self.notes.append(
-                            f"libvirtd {proc.pid} began its shutdown but had not finished"
-                            f" it after {self.term_wait:g} s ({_describe_threads(threads)});"
-                            " SIGKILL")
+                        note = (f"libvirtd {proc.pid} began its shutdown but had not"
+                                f" finished it after {self.term_wait:g} s"
+                                f" ({_describe_threads(threads)}); SIGKILL")
+                        self.notes.append(note)
+                        SESSION_NOTES.append(note)
                     else:
                         problems.append(
                             f"libvirtd {proc.pid} did not act on SIGTERM in {self.term_wait:g} s"
@@ -972,3 +977,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if SESSION_NOTES:
+        terminalreporter.section("private libvirtd teardown notes")
+        for note in SESSION_NOTES:
+            terminalreporter.write_line(note)
