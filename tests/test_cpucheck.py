@@ -10,6 +10,7 @@ beside compatible ones.  The host's CPU is read from libvirt, never assumed.
 from __future__ import annotations
 
 import json
+import logging
 import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
@@ -265,11 +266,17 @@ def test_doctor_rule_passes_without_fragile(libvirtd: Any, libvirt_conn: Any,
 
 
 def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict[str, Any],
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
     (tmp_path / "etc/virtdeb").mkdir(parents=True)
     (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
     host = Host(root=tmp_path, uri=libvirtd.uri)
-    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    with caplog.at_level(logging.WARNING, logger="virtdeb"):
+        microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    # the trigger's lines are cpu-check's: one per CPU definition
+    logged = [r.getMessage() for r in caplog.records]
+    assert len([m for m in logged if m.startswith("cpu: tsx, tsx-twin (2 domains, ")]) == 1, logged
+    assert not [m for m in logged if m.startswith(("cpu: tsx (", "cpu: tsx-twin ("))], logged
     marker = tmp_path / microcode.MARKER.lstrip("/")
     assert marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())

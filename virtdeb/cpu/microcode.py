@@ -12,6 +12,7 @@ from typing import Any
 from virtdeb import fsio
 from virtdeb.cpu.compare import inspect
 from virtdeb.cpu.fix import fix_all
+from virtdeb.cpu.report import text_lines
 from virtdeb.cpu.xml import parse_xml
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
@@ -108,8 +109,8 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
         log.warning("cpu: cannot check the domains' CPU models now: %s", exc.message)
         return None
     bad = [r for r in reports if r.broken or (r.verdict is not None and r.fragile)]
-    for r in bad:
-        log.warning("cpu: %s", r.line())
+    for line in text_lines(bad):  # one line per CPU definition, as cpu-check
+        log.warning("cpu: %s", line)
     result: dict[str, Any] = {"time": _now(), "reason": reason,
                               "domains": [r.as_json() for r in bad],
                               "broken": sum(r.broken for r in reports), "fixed": [],
