@@ -186,7 +186,7 @@ def test_a_daemon_that_never_acts_on_sigterm_is_a_problem(needs_daemon: None) ->
 
 
 def test_shutdown_begun_is_the_daemon_shutdown_thread() -> None:
-    # the threads of a libvirt 11 daemon hung in its shutdown (trixie, seen in CI)
+    # the threads of a libvirtd hung in its shutdown (trixie and bookworm alike, seen in CI)
     hung = [("libvirtd", "poll_schedule_timeout.constprop.0"), ("pool-spawner", "futex_do_wait"),
             ("gmain", "poll_schedule_timeout.constprop.0"), ("udev-event", "futex_do_wait"),
             ("daemon-shutdown", "futex_do_wait")]

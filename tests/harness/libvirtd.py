@@ -56,9 +56,9 @@ Verified on Debian 12, libvirt 9.0.0, as root (see tests/test_libvirtd_harness.p
 Teardown (``stop()``, ``__exit__``, also on exceptions and KeyboardInterrupt, idempotent):
 SIGTERM libvirtd (SIGKILL after 10 s) and wait. libvirt >= 10 acts on SIGTERM only once
 its node device driver has enumerated the devices (start() waits for that, in both
-modes); libvirt 11 then sometimes never finishes its own shutdown (its "daemon-shutdown"
-thread waits for the "udev-event" thread forever, seen on trixie and sid, host and
-chroot mode alike). A SIGKILL after a shutdown that began is a note in
+modes); libvirt then sometimes never finishes its own shutdown (its "daemon-shutdown"
+thread waits for the "udev-event" thread forever, seen with 9.0 and 11 on bookworm,
+trixie and sid, host and chroot mode alike). A SIGKILL after a shutdown that began is a note in
 ``teardown_notes``, not a problem: nothing of a throwaway namespace is lost. A daemon
 that never acted on SIGTERM (no daemon-shutdown thread) is a problem: stop() raises,
 naming its threads and the end of its log. Then SIGTERM, later SIGKILL every pid of
@@ -393,7 +393,7 @@ class _State:
                 except subprocess.TimeoutExpired:
                     threads = _threads(proc.pid)
                     if shutdown_begun(threads):
-                        # libvirt 11 sometimes never finishes its own shutdown: its
+                        # libvirt (9.0, 11) sometimes never finishes its own shutdown: its
                         # daemon-shutdown thread waits for the udev-event thread forever.
                         # Nothing of a throwaway namespace is lost by the SIGKILL.
                         note = (f"libvirtd {proc.pid} began its shutdown but had not"
