@@ -29,6 +29,7 @@ from typing import Any
 import pytest
 
 from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from virtdeb import lock
 from virtdeb.cpu import baseline as b
 from virtdeb.cpu import domcaps as dc
 from virtdeb.cpu import fleet_host as fh
@@ -367,8 +368,6 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
 
 def test_save_while_another_virtdeb_holds_the_lock_is_busy_and_saves_nothing(
         hosts: list[Host], tmp_path: Path) -> None:
-    from virtdeb import lock
-
     a = hosts[0]
     with lock.hold(VHost(root=tmp_path), "test holder"):
         proc = run(tmp_path, "--save", "--wait", "0.3", a.uri)

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from virtdeb.commands.options import add_wait_option
 from virtdeb.cpu import baseline, drift
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
@@ -38,9 +39,7 @@ def add_parser(sub: Any) -> None:
                         f" (default {baseline.DEFAULT_TIMEOUT:g})")
     p.add_argument("--root", default="/", metavar="DIR",
                    help="the saved baseline lives under DIR (default /)")
-    p.add_argument("--wait", type=float, metavar="SECONDS",
-                   help="with --save: wait this long for another virtdeb to finish (default"
-                        " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
+    add_wait_option(p, "with --save: ")
     p.set_defaults(func=cmd_cpu_baseline)
 
 

@@ -39,9 +39,14 @@ def add_host_options(parser: argparse.ArgumentParser, *, config: bool = True,
         parser.add_argument("--set", action="append", metavar="SECTION.KEY=VALUE",
                             help="override a virtdeb.conf value for this run")
     if writes:
-        parser.add_argument("--wait", type=float, metavar="SECONDS",
-                            help="wait this long for another virtdeb to finish (default"
-                                 " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
+        add_wait_option(parser)
+
+
+def add_wait_option(parser: argparse.ArgumentParser, when: str = "") -> None:
+    """``--wait SECONDS`` for virtdeb's lock; ``when``: e.g. "with --save: "."""
+    parser.add_argument("--wait", type=float, metavar="SECONDS",
+                        help=f"{when}wait this long for another virtdeb to finish (default"
+                             " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
 
 
 def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
