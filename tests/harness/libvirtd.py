@@ -251,18 +251,12 @@ def shutdown_begun(threads: Sequence[tuple[str, str]]) -> bool:
     return any(name == "daemon-shutdown" for name, _wchan in threads)
 
 
-def _log_tail(path: Path | None, lines: int = 2) -> str:
-    """The last LINES lines of a daemon's log, joined with " | " ("-" when none)."""
-    if path is None:
-        return "-"
+def _tail(path: Path, lines: int) -> list[str] | None:
+    """The last LINES lines of a log file, or None when it cannot be read."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode(errors="replace").splitlines()[-lines:]
+        return path.read_text(errors="replace").splitlines()[-lines:]
     except OSError:
-        return "-"
-    return " | ".join(line.strip() for line in tail) or "-"
+        return None
 
 
 def _netns_exists(netns: str) -> bool:
@@ -358,21 +352,22 @@ def _sync_xml(src: Path, dst: Path) -> None:
 
 # every teardown note of this process, for the pytest summary (none is lost unseen)
 SESSION_NOTES: list[str] = []
+TERM_WAIT = 10.0  # seconds libvirtd gets to stop on SIGTERM before the SIGKILL
 
 
 class _State:
     """Everything teardown needs; no reference to the PrivateLibvirtd (for finalize)."""
 
     def __init__(
-        self, netns: str, scratch: Path, keep_scratch: bool, caps_cache: Path | None
+        self, netns: str, scratch: Path, keep_scratch: bool, caps_cache: Path | None,
+        log_path: Path,
     ) -> None:
         self.netns = netns
         self.scratch = scratch
         self.keep_scratch = keep_scratch
         self.caps_cache = caps_cache
         self.caps_dir = scratch / CAPS_SUBDIR  # the daemon's cache as the host sees it
-        self.log_path: Path | None = None  # libvirtd's log as the host sees it
-        self.term_wait = 10.0
+        self.log_path = log_path  # libvirtd's log as the host sees it
         self.notes: list[str] = []  # what teardown did that is not a problem
         self.reap_wait = 5.0
         self.killed: set[int] = set()
@@ -389,7 +384,7 @@ class _State:
                 with contextlib.suppress(ProcessLookupError):
                     proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=self.term_wait)
+                    proc.wait(timeout=TERM_WAIT)
                 except subprocess.TimeoutExpired:
                     threads = _threads(proc.pid)
                     if shutdown_begun(threads):
@@ -397,15 +392,16 @@ class _State:
                         # daemon-shutdown thread waits for the udev-event thread forever.
                         # Nothing of a throwaway namespace is lost by the SIGKILL.
                         note = (f"libvirtd {proc.pid} began its shutdown but had not"
-                                f" finished it after {self.term_wait:g} s"
+                                f" finished it after {TERM_WAIT:g} s"
                                 f" ({_describe_threads(threads)}); SIGKILL")
                         self.notes.append(note)
                         SESSION_NOTES.append(note)
                     else:
+                        log_end = " | ".join(t.strip() for t in _tail(self.log_path, 2) or [])
                         problems.append(
-                            f"libvirtd {proc.pid} did not act on SIGTERM in {self.term_wait:g} s"
+                            f"libvirtd {proc.pid} did not act on SIGTERM in {TERM_WAIT:g} s"
                             f" ({_describe_threads(threads)}; its log ends:"
-                            f" {_log_tail(self.log_path)}); SIGKILL")
+                            f" {log_end or '-'}); SIGKILL")
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
                     proc.wait(timeout=10)
@@ -501,8 +497,8 @@ class PrivateLibvirtd:
             elif cache and not explicit:
                 cache = f"{cache}-{self.root.name}"
         self.caps_cache = Path(cache) if cache else None
-        self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache)
-        self._state.log_path = self.log_path
+        self._state = _State(self.netns, self.scratch, keep_scratch, self.caps_cache,
+                             self.log_path)
         if self.root is not None:
             self._state.caps_dir = self.scratch / "upper" / CAPS_SUBDIR
         self._state.reap_wait = reap_wait
@@ -759,9 +755,8 @@ class PrivateLibvirtd:
         parts = []
         for name in ("daemon.out", "libvirtd.log", "virtlogd.log"):
             p = self.log_dir / name
-            try:
-                text = p.read_text(errors="replace").splitlines()[-lines:]
-            except OSError:
+            text = _tail(p, lines)
+            if text is None:
                 continue
             parts.append(f"--- {p}\n" + "\n".join(text))
         return "\n".join(parts) or "(no log)"
