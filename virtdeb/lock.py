@@ -115,11 +115,6 @@ def child_env() -> dict[str, str]:
     return {}
 
 
-def is_held(host: Host) -> bool:
-    """Whether this process holds (or runs under) the lock of ``host``'s root."""
-    return str(host.path(LOCK)) in _held
-
-
 def token(host: Host) -> str | None:
     """The token of the lock this process holds (or runs under), or None."""
     held = _held.get(str(host.path(LOCK)))
