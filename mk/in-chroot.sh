@@ -6,9 +6,9 @@
 #
 # Everything is mounted inside a private mount namespace (unshare -m), so every
 # mount goes with the namespace when CMD ends: CHROOT on itself (its / must be a
-# mount point for the tests' own unshare -m), /proc, /sys and /dev of the host
-# (libvirtd and qemu need them), a fresh tmpfs on /run (ip netns keeps its
-# namespaces in /run/netns there), /tmp and /src.  Nothing of CHROOT changes
+# mount point for the tests' own unshare -m), /proc and /sys of the host, a private
+# /dev (tests/harness/private-dev.sh: its own nodes, never the host's), a fresh tmpfs
+# on /run (ip netns keeps its namespaces in /run/netns there), /tmp and /src.  Nothing of CHROOT changes
 # but what CMD writes outside /run, /tmp and /src.  Network namespaces that CMD
 # made and did not delete are deleted; their processes are ended first.
 set -eu
@@ -24,7 +24,9 @@ exec unshare --mount --propagation private -- sh -eu -c '
     mount --bind "$R" "$R"
     mount -t proc proc "$R/proc"
     mount --rbind /sys "$R/sys"
-    mount --rbind /dev "$R/dev"
+    # a /dev of its own, never the host'"'"'s: a package installed inside (systemd-tmpfiles)
+    # must not change the host'"'"'s /dev/kvm
+    sh "$T/tests/harness/private-dev.sh" "$R/dev"
     mount -t tmpfs -o mode=0755 tmpfs "$R/run"
     mkdir -p "$R/run/lock"
     mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"

@@ -36,10 +36,11 @@ before the daemons start: e.g. to write SCRATCH/etc/libvirt/libvirtd.conf, or to
 private D-Bus at SCRATCH/run/dbus/system_bus_socket (tests/test_acl_libvirtd.py).
 
 Two deviations from the host, both inside the private mount namespace only:
-- /dev/kvm is 0600 root:root here (no udev): the qemu user (libvirt-qemu, group kvm)
-  cannot open it, libvirt then decides KVM is "not available now" and re-probes qemu on
-  every capabilities lookup (first defineXML about 32 s). A private node 0660 root:kvm
-  (what Debian's udev rule gives) is bind-mounted over /dev/kvm (``kvm_group_access``).
+- /dev is a private one (tests/harness/private-dev.sh: a tmpfs with its own nodes), never
+  the host's. Its /dev/kvm is 0660 root:kvm, what Debian's udev rule gives
+  (``kvm_group_access``): the host's is 0600 root:root here (no udev), the qemu user
+  (libvirt-qemu, group kvm) could not open it, and libvirt would decide KVM is "not
+  available now" and re-probe qemu on every capabilities lookup (first defineXML about 32 s).
 - libvirt's qemu capabilities cache (first probe about 4 s) is kept between daemons in
   the checkout's .cache/qemu-capabilities (``VIRTDEB_TEST_QEMU_CAPS``, "" disables);
   libvirt itself invalidates stale entries. The first defineXML then takes about 0.03 s.
@@ -78,8 +79,8 @@ libvirt-daemon-system installed, e.g. ``make demo-image``'s .cache/demo-trixie) 
 same kind of private network and mount namespaces. start.sh then mounts, inside the
 private mount namespace only: (with ``overlay=True``) an overlay of DIR with
 SCRATCH/upper on SCRATCH/root, so DIR itself never changes; ``proc`` on ROOT/proc, the
-host's /dev (``--rbind``) on ROOT/dev with the private kvm node (group ``kvm`` of the
-chroot) over ROOT/dev/kvm, a ``sysfs`` of the network namespace on ROOT/sys, a tmpfs on
+private /dev on ROOT/dev (its kvm node of group ``kvm`` of the chroot), a ``sysfs`` of the
+network namespace on ROOT/sys, a tmpfs on
 ROOT/run (with /run/lock, /run/libvirt) and SCRATCH/log on ROOT/run/vdtest-log; then
 ``exec chroot ROOT sh -c 'virtlogd -d; exec libvirtd'``. The chroot's own /etc/libvirt,
 /var/lib/libvirt, ... are used as they are (no copies: the root is the caller's).
@@ -126,7 +127,6 @@ import shlex
 import shutil
 import signal
 import socket
-import stat
 import subprocess
 import tempfile
 import time
@@ -330,6 +330,7 @@ def _replicate_dirs(src: Path, dst: Path) -> None:
 
 
 CAPS_SUBDIR = "var/cache/libvirt/qemu/capabilities"
+PRIVATE_DEV = Path(__file__).resolve().with_name("private-dev.sh")
 
 
 def _sync_xml(src: Path, dst: Path) -> None:
@@ -588,8 +589,7 @@ class PrivateLibvirtd:
         self.log_dir.mkdir()
         q = shlex.quote
         mounts = "\n".join(f"mount --bind {q(str(s / rel))} /{rel}" for rel in BIND_DIRS)
-        if self.kvm_group_access and self._make_kvm_node():
-            mounts += f"\nmount --bind {q(str(s / 'dev/kvm'))} /dev/kvm"
+        mounts += "\n" + self._private_dev("/dev")
         vl_log = q(f"{self.log_level}:file:{self.log_dir / 'virtlogd.log'}")
         script = (
             "set -eu\n"
@@ -635,14 +635,12 @@ class PrivateLibvirtd:
         lines += [
             f"R={r}",
             'mount -t proc proc "$R/proc"',
-            'mount --rbind /dev "$R/dev"',
+            self._private_dev('"$R/dev"', root / "etc/group"),
             'mount -t sysfs sysfs "$R/sys"',
             'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"',
             'mkdir -p "$R/run/lock" "$R/run/libvirt" "$R/run/vdtest-log"',
             f'mount --bind {q(str(self.log_dir))} "$R/run/vdtest-log"',
         ]
-        if self.kvm_group_access and self._make_kvm_node(root / "etc/group"):
-            lines.append(f'mount --bind {q(str(s / "dev/kvm"))} "$R/dev/kvm"')
         vl_log = q(f"{self.log_level}:file:/run/vdtest-log/virtlogd.log")
         inner = (f"LIBVIRT_LOG_OUTPUTS={vl_log} virtlogd -d -p /run/virtlogd.pid && "
                  "exec libvirtd -p /run/libvirtd.pid")
@@ -663,31 +661,21 @@ class PrivateLibvirtd:
             raise PrivateLibvirtdError("libvirtd is not running")
         return Path(f"/proc/{pid}/root")
 
-    def _make_kvm_node(self, group_file: Path | None = None) -> bool:
-        """A private /dev/kvm node, mode 0660 group kvm, as Debian's udev rule makes it.
-
-        Without udev the host's /dev/kvm is 0600 root: the qemu user (libvirt-qemu, group
-        kvm) cannot open it, libvirt finds KVM "not available now" and re-probes qemu on
-        every lookup (about 32 s for the first defineXML instead of about 4 s).
+    def _private_dev(self, target: str, group_file: Path | None = None) -> str:
+        """The start.sh line that mounts a private /dev on TARGET (tests/harness/
+        private-dev.sh): the daemon never sees the host's /dev, and nothing done inside
+        reaches the host's nodes. Its /dev/kvm is 0660 root:kvm (kvm of GROUP_FILE, or
+        of the host), as Debian's udev rule makes it: without udev the host's node is
+        0600 root, the qemu user (libvirt-qemu, group kvm) could not open it, libvirt would
+        find KVM "not available now" and re-probe qemu on every lookup (about 32 s for the
+        first defineXML instead of about 4 s). ``kvm_group_access=False``: 0600 root.
         """
-        try:
-            st = os.stat("/dev/kvm")
-            gid = grp.getgrnam("kvm").gr_gid if group_file is None else _gid_in(group_file, "kvm")
-        except (OSError, KeyError):
-            return False
-        if not stat.S_ISCHR(st.st_mode):
-            return False
-        node = self.scratch / "dev/kvm"
-        node.parent.mkdir(exist_ok=True)
-        if node.exists():
-            return True
-        try:
-            os.mknod(node, stat.S_IFCHR | 0o600, st.st_rdev)
-            os.chown(node, 0, gid)
-            os.chmod(node, 0o660)
-        except OSError:
-            return False
-        return True
+        gid = ""
+        if self.kvm_group_access:
+            with contextlib.suppress(OSError, KeyError):
+                gid = str(grp.getgrnam("kvm").gr_gid if group_file is None
+                          else _gid_in(group_file, "kvm"))
+        return f"sh {shlex.quote(str(PRIVATE_DEV))} {target} {gid}".rstrip()
 
     def _create_netns(self) -> None:
         res = _run(["ip", "netns", "add", self.netns], check=False)
