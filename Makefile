@@ -13,7 +13,7 @@ DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian
 	bridge-utils iptables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \
 	apt-listchanges ansible-core ansible-lint openssh-client
 
-.PHONY: all deps lint unit test check check-full demo bench clean
+.PHONY: all deps lint unit test check check-full check-cpu demo bench clean
 all: check
 
 -include mk/*.mk
@@ -39,12 +39,27 @@ unit: deps
 
 test: lint unit
 
-# Everything: lint and types, the package (built once), and for each of SUITES
-# (bookworm trixie sid, mk/suites.mk) pytest (unit and integration) inside that
-# suite's chroot, its lintian, autopkgtest and piuparts; the chroots let the apt
-# tests run real apt with the built package.  `make unit` runs pytest on the host.
-check: lint package image safety-image demo-image suites upgrade-test
+# Everything, in this order: lint and types; the package (built once) and the images;
+# for each of SUITES (bookworm trixie sid, mk/suites.mk) pytest (unit and integration)
+# inside that suite's chroot, its lintian, autopkgtest and piuparts (the chroots let the
+# apt tests run real apt with the built package); the Ansible collection and the fleet
+# (mk/fleet.mk); the 12 -> 13 upgrade.  Every step runs under mk/host-guard.sh, which
+# fails the check if the host's /dev, users and groups, mounts, network namespaces or
+# detached processes are not as they were before it.  `make unit` runs pytest on the host.
+CHECK_STEPS := lint package image safety-image demo-image suites ansible-check fleet upgrade-test
+check:
+	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; \
+	rc=0; $(MAKE) --no-print-directory $(CHECK_STEPS) || rc=$$?; \
+	sh mk/host-guard.sh compare "$$guard" || rc=1; rm -f "$$guard"; exit $$rc
 check-full: check
+
+# The CPU tests against one CPU: CPU=host (this machine's), intel-haswell or amd-epyc
+# (a private libvirtd given edited qemu capabilities: tests/harness/cpucaps.py), so
+# that an engineer on either vendor sees the other's result.  `make check` runs all three.
+CPU ?= intel-haswell
+CPU_TESTS := tests/test_cpucheck.py tests/test_cpu_vendors.py tests/test_cpu_baseline_libvirtd.py
+check-cpu: deps
+	VIRTDEB_TEST_CPU=$(CPU) $(PY) -m pytest -q -p no:cacheprovider -ra $(CPU_TESTS)
 
 clean:
 	rm -rf .cache .build build *.egg-info .mypy_cache .pytest_cache

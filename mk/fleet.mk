@@ -27,10 +27,8 @@ FLEET_ANSIBLE_ENV := $(FLEET_ENV) HOME=$(FLEET_BUILD)/home XDG_CACHE_HOME=$(FLEE
 
 .PHONY: ansible-check fleet-images fleet
 
-# tests/test_fleet.py runs on the host in `make fleet` (it needs the images and the .deb
-# that `check` builds before unit); `make fleet` runs it alone.
-check: ansible-check fleet
-unit: fleet-images
+# tests/test_fleet.py runs on the host in `make fleet` (the Makefile's CHECK_STEPS,
+# after the suites); in `make unit` it skips (no images there, and `make unit` builds none).
 
 # The collection is built, installed into a scratch collections path, and the playbooks
 # and ansible-lint resolve the role and module from there (as an admin's install would).
