@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.harness.libvirtd"]
+pytest_plugins = ["tests.harness.libvirtd", "tests.harness.cpucaps"]

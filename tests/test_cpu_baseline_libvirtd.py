@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from tests.harness import cpucaps
 from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
 from virtdeb import lock
 from virtdeb.cpu import baseline as b
@@ -43,9 +44,6 @@ pytestmark = pytest.mark.integration  # real daemons; the source tree's virtdeb
 
 TOP = Path(__file__).resolve().parents[1]
 FAIL_INCOMPATIBLE = 1
-# Features libvirt knows; which of them a host has depends on the machine.
-CANDIDATES = ["hle", "rtm", "avx512f", "sha-ni", "avx2", "pku", "rdseed", "adx", "smap",
-              "clwb", "umip", "gfni", "clflushopt", "movdiri", "movdir64b", "vmx", "svm"]
 
 
 def domain_xml(name: str, cpu: str) -> str:
@@ -53,29 +51,13 @@ def domain_xml(name: str, cpu: str) -> str:
             f"<os><type arch='x86_64' machine='pc'>hvm</type></os>{cpu}</domain>")
 
 
-def host_model(conn: Any) -> ET.Element:
-    caps = ET.fromstring(conn.getDomainCapabilities(None, None, None, None, 0))
-    mode = caps.find("cpu/mode[@name='host-model']")
-    assert mode is not None
-    return mode
-
-
 def host_model_cpu(conn: Any, extra: list[str] = ()) -> str:  # type: ignore[assignment]
     """The host-model written out as a custom CPU, plus required ``extra`` features."""
-    mode = host_model(conn)
-    parts = [f"<model fallback='forbid'>{mode.findtext('model')}</model>"]
-    if mode.findtext("vendor"):
-        parts.append(f"<vendor>{mode.findtext('vendor')}</vendor>")
-    parts += [ET.tostring(f, encoding="unicode") for f in mode.findall("feature")]
-    parts += [f"<feature policy='require' name='{n}'/>" for n in extra]
-    return f"<cpu mode='custom' match='exact'>{''.join(parts)}</cpu>"
+    return cpucaps.host_model_cpu(conn, extra)
 
 
 def host_features(conn: Any) -> set[str]:
-    xml = host_model_cpu(conn)
-    out = conn.baselineHypervisorCPU(None, "x86_64", None, "kvm", [xml], 1)
-    return {f.get("name", "") for f in ET.fromstring(out).findall("feature")
-            if f.get("policy") == "require"}
+    return cpucaps.expanded_features(conn)
 
 
 class Host:
@@ -154,9 +136,7 @@ def test_three_hosts_baseline_matrix_and_a_host_that_never_answers(
         hosts: list[Host], tmp_path: Path) -> None:
     a, b, c = hosts
     conn = a.connect()
-    have = host_features(conn)
-    lacking = [f for f in CANDIDATES if f not in have][:2]
-    assert len(lacking) == 2, f"this CPU has every candidate feature: {sorted(have)}"
+    lacking = cpucaps.lacking(conn)
     conn.defineXML(domain_xml("fits", host_model_cpu(conn)))
     conn.defineXML(domain_xml("needs-more", host_model_cpu(conn, lacking)))
     conn.close()
@@ -247,10 +227,10 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     have = host_features(conn)
     cache = (a.daemon.scratch / CAPS_SUBDIR) if a.daemon else None
     probed = "".join(p.read_text() for p in cache.glob("*.xml")) if cache else ""
-    # two features this host has and libvirt probed from qemu: TSX's when there
-    lose = [f for f in CANDIDATES if f in have
-            and f"<property name='{f}' type='boolean' value='true'" in probed][:2]
-    assert len(lose) == 2, f"no two candidate features to take away: {sorted(have)}"
+    # two features this host has and libvirt probed from qemu (the first by name)
+    lose = sorted(f for f in have & cpucaps.known_features()
+                  if f"<property name='{f}' type='boolean' value='true'" in probed)[:2]
+    assert len(lose) == 2, f"no two features to take away: {sorted(have)}"
     conn.defineXML(domain_xml("pinned", host_model_cpu(conn)))  # needs every feature of A
     conn.defineXML(domain_xml("small", "<cpu mode='custom' match='exact'>"
                               "<model>pentium2</model></cpu>"))

@@ -1,10 +1,15 @@
-"""``virtdeb cpu-check`` against a real private libvirtd (kvm, /dev/kvm).
+"""``virtdeb cpu-check`` against a real private libvirtd (kvm, /dev/kvm), on three CPUs.
 
-Domains are defined (never started) whose custom CPU the host cannot give: by
-vendor (Haswell + Intel on an AMD host, EPYC + AMD on an Intel one) and by
-missing features (the host-model CPU written out as custom plus two features
-the host lacks: ``hle`` and ``rtm`` on AMD hosts, two of AMD's own on Intel ones),
-beside compatible ones.  The host's CPU is read from libvirt, never assumed.
+Every test runs against this machine's CPU as libvirt reports it (``host``) and against
+two CPUs given to a private libvirtd through edited qemu capabilities
+(tests/harness/cpucaps.py): an Intel Haswell that lost TSX to a microcode update, and an
+AMD EPYC that lost a feature. ``make check-cpu CPU=...`` runs one of them alone.
+
+Domains are defined (never started) whose custom CPU the host cannot give: by vendor
+(Haswell + Intel on an AMD host, EPYC + AMD on an Intel one) and by missing features
+(the host-model CPU written out as custom plus two features libvirt knows and the host
+lacks, read from the expanded feature set: ``hle`` and ``rtm`` where both are missing),
+beside compatible ones. Nothing here names this machine's CPU model or features.
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from __future__ import annotations
 import json
 import logging
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.harness import cpucaps
+from tests.harness.libvirtd import PrivateLibvirtd
 from virtdeb import cli
 from virtdeb.cpu import STRATEGIES, microcode
 from virtdeb.host import Host
@@ -29,27 +37,18 @@ FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 
+@pytest.fixture(scope="module", params=cpucaps.selected(cpucaps.ALL))
+def libvirtd(request: pytest.FixtureRequest, probed_caps: Path,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateLibvirtd]:
+    """This module's daemon: one per CPU (overrides the session daemon of the harness)."""
+    with cpucaps.cpu_daemon(request.param, probed_caps, tmp_path_factory.mktemp("cpu")) as d:
+        yield d
+
+
 def domain_xml(name: str, cpu: str) -> str:
     return (f"<domain type='kvm'><name>{name}</name><memory unit='MiB'>64</memory>"
             f"<os><type arch='x86_64' machine='pc'>hvm</type></os>{cpu}"
             f"<devices><emulator>{EMULATOR}</emulator></devices></domain>")
-
-
-def host_model_as_custom(conn: Any, extra: str = "") -> str:
-    """The hypervisor's host-model CPU written out as a custom CPU (what virt-install does).
-
-    A feature EXTRA names replaces the host-model's own line for it (trixie's
-    host-model already lists ``hle`` as disabled; libvirt refuses a feature twice).
-    """
-    named = {f.get("name") for f in ET.fromstring(f"<x>{extra}</x>").findall("feature")}
-    caps = _domcaps(conn)
-    mode = caps.find("cpu/mode[@name='host-model']")
-    assert mode is not None
-    parts = [f"<model fallback='forbid'>{mode.findtext('model')}</model>"]
-    parts += [f"<vendor>{mode.findtext('vendor')}</vendor>"] if mode.findtext("vendor") else []
-    parts += [ET.tostring(f, encoding="unicode") for f in mode.findall("feature")
-              if f.get("name") not in named]
-    return f"<cpu mode='custom' match='exact'>{''.join(parts)}{extra}</cpu>"
 
 
 HASWELL_INTEL = ("<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"
@@ -58,51 +57,36 @@ EPYC_AMD = ("<cpu mode='custom' match='exact'><model fallback='forbid'>EPYC</mod
             "<vendor>AMD</vendor></cpu>")
 
 
-def _domcaps(conn: Any) -> ET.Element:
-    return ET.fromstring(conn.getDomainCapabilities(EMULATOR, "x86_64", None, "kvm", 0))
-
-
-# Features one vendor's CPUs have and the other's lack (TSX on Intel, SSE4a, XOP, FMA4
-# and TBM on AMD): two of them are missing on any host, whatever its model.
-CANDIDATES = ("hle", "rtm", "sse4a", "xop", "fma4", "tbm")
-
-
-def missing_features(conn: Any) -> list[str]:
-    """Two features this host's CPU lacks: hle and rtm where it has neither (AMD), else
-    the first two of CANDIDATES its host-model CPU does not list."""
-    has = {f.get("name") for f in _domcaps(conn).findall(
-        "cpu/mode[@name='host-model']/feature") if f.get("policy") == "require"}
-    lacks = [f for f in CANDIDATES if f not in has]
-    assert len(lacks) >= 2, f"this host's CPU has all of {CANDIDATES}"
-    return lacks[:2]
-
-
 def foreign_vendor(conn: Any) -> str:
     """A custom CPU of the other vendor than this host's."""
-    vendor = _domcaps(conn).findtext("cpu/mode[@name='host-model']/vendor")
-    return EPYC_AMD if vendor == "Intel" else HASWELL_INTEL
+    return EPYC_AMD if cpucaps.host_model(conn).findtext("vendor") == "Intel" else HASWELL_INTEL
 
 
 @pytest.fixture
 def missing(libvirt_conn: Any) -> list[str]:
-    return missing_features(libvirt_conn)
+    return cpucaps.lacking(libvirt_conn)
 
 
 def required(features: list[str]) -> str:
     return "".join(f"<feature policy='require' name='{f}'/>" for f in features)
-PENTIUM3_LOOSE = ("<cpu mode='custom' match='minimum'><model fallback='allow'>pentium3</model>"
-                  "</cpu>")
+
+
+def loose_cpu(conn: Any) -> str:
+    """A CPU that is neither fragile nor incompatible: a model the host can run, as a
+    minimum, with fallback allowed."""
+    return (f"<cpu mode='custom' match='minimum'><model fallback='allow'>"
+            f"{cpucaps.usable_models(conn)[0]}</model></cpu>")
 
 
 @pytest.fixture
 def domains(libvirt_conn: Any, missing: list[str]) -> dict[str, Any]:
     conn = libvirt_conn
     defs = {
-        "tsx": host_model_as_custom(conn, required(missing)),
-        "tsx-twin": host_model_as_custom(conn, required(missing)),  # same: compared once
-        "intel": foreign_vendor(conn),
-        "fits": host_model_as_custom(conn),
-        "loose": PENTIUM3_LOOSE,
+        "tsx": cpucaps.host_model_cpu(conn, missing),
+        "tsx-twin": cpucaps.host_model_cpu(conn, missing),  # same: compared once
+        "foreign": foreign_vendor(conn),
+        "fits": cpucaps.host_model_cpu(conn),
+        "loose": loose_cpu(conn),
         "hostmodel": "<cpu mode='host-model'/>",
         "nocpu": "",
     }
@@ -147,9 +131,9 @@ def test_report_names_missing_features_and_vendor(
             + ", ".join(got["tsx"]["missing_features"])) in got["tsx"]["message"]
     assert got["tsx"]["vendor_mismatch"] is False
     assert got["tsx"]["fragile"] == ["fallback=forbid", "match=exact"]
-    assert got["intel"]["compatible"] is False
-    assert got["intel"]["vendor_mismatch"] is True
-    assert "host CPU vendor does not match" in got["intel"]["message"]
+    assert got["foreign"]["compatible"] is False
+    assert got["foreign"]["vendor_mismatch"] is True
+    assert "host CPU vendor does not match" in got["foreign"]["message"]
     assert got["fits"]["compatible"] is True and got["fits"]["missing_features"] == []
     assert got["loose"] == {**got["loose"], "compatible": True, "fragile": []}
     assert got["hostmodel"]["compared"] is False
@@ -166,7 +150,7 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
     assert code == 1
     assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: " in out
     assert all(f in out for f in missing)
-    assert "fits (shut off, " in out and "intel" not in out
+    assert "fits (shut off, " in out and "foreign" not in out
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
                         "--domain", "fits")
     assert code == 0
@@ -178,7 +162,7 @@ def test_fix_makes_compare_pass_and_revert_restores_bytes(
         strategy: str, libvirtd: Any, libvirt_conn: Any, domains: dict[str, Any],
         missing: list[str], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     conn = libvirt_conn
-    broken = ["tsx", "tsx-twin", "intel"]
+    broken = ["tsx", "tsx-twin", "foreign"]
     before = {n: domains[n].XMLDesc(FLAGS) for n in domains}
     for name in broken:
         with pytest.raises(libvirt.libvirtError):
@@ -236,8 +220,9 @@ def test_revert_refuses_when_changed_since(libvirtd: Any, libvirt_conn: Any,
                                            capsys: pytest.CaptureFixture[str]) -> None:
     check_json(capsys, libvirtd.uri, tmp_path, "--domain", "tsx", "--fix", "disable-missing")
     # The administrator edits the CPU again afterwards: revert must not clobber it.
-    extra = "avx512f" if "avx512f" not in missing else "avx512bw"
-    edited = domains["tsx"].XMLDesc(FLAGS).replace(
+    fixed = domains["tsx"].XMLDesc(FLAGS)
+    extra = min(f for f in cpucaps.expanded_features(libvirt_conn) if f"'{f}'" not in fixed)
+    edited = fixed.replace(
         f"name='{missing[0]}'", f"name='{missing[0]}'/><feature policy='disable' name='{extra}'", 1)
     libvirt_conn.defineXML(edited)
     now = domains["tsx"].XMLDesc(FLAGS)
@@ -253,14 +238,14 @@ def test_doctor_rule_lines(libvirtd: Any, domains: dict[str, Any], missing: list
     lines = {f.message.split(" ")[0]: f for f in findings}
     assert lines["tsx"].status is Status.FAIL
     assert all(f in lines["tsx"].message for f in missing), lines["tsx"].message
-    assert lines["intel"].status is Status.FAIL
+    assert lines["foreign"].status is Status.FAIL
     assert lines["fits"].status is Status.NOTE  # fragile: fallback=forbid
     assert "loose" not in lines and "hostmodel" not in lines
 
 
 def test_doctor_rule_passes_without_fragile(libvirtd: Any, libvirt_conn: Any,
                                             tmp_path: Path) -> None:
-    libvirt_conn.defineXML(domain_xml("loose", PENTIUM3_LOOSE))
+    libvirt_conn.defineXML(domain_xml("loose", loose_cpu(libvirt_conn)))
     findings = Cpu(Host(root=tmp_path, uri=libvirtd.uri)).check()
     assert [f.status for f in findings] == [Status.PASS]
 
@@ -284,7 +269,7 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     assert microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
     assert not marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
-    assert sorted(report["fixed"]) == ["intel", "tsx", "tsx-twin"]
+    assert sorted(report["fixed"]) == ["foreign", "tsx", "tsx-twin"]
     conn = libvirtd.connect()
     try:
         for name in report["fixed"]:
@@ -303,7 +288,7 @@ def test_text_report_one_line_per_definition(libvirtd: Any, domains: dict[str, A
     assert len(twins) == 1 and "INCOMPATIBLE: missing features: " in twins[0]
     assert not [line for line in lines if line.startswith(("tsx (", "tsx-twin ("))]
     # incompatible definitions first, then the rest; one line each, then the summary
-    assert [line.split(" (")[0] for line in lines[:4]] == ["intel", "tsx, tsx-twin", "fits",
+    assert [line.split(" (")[0] for line in lines[:4]] == ["foreign", "tsx, tsx-twin", "fits",
                                                            "loose"]
     assert "of 7 domains have a custom CPU model" in lines[4]
     # --json stays per domain

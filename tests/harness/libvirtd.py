@@ -953,7 +953,7 @@ def fresh_libvirtd() -> Iterator[PrivateLibvirtd]:
         yield daemon
 
 
-_FIXTURES = {"libvirtd", "libvirt_conn", "fresh_libvirtd"}
+_FIXTURES = {"libvirtd", "libvirt_conn", "fresh_libvirtd", "probed_caps"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
