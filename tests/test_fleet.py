@@ -6,11 +6,19 @@ own sshd and libvirtd (tests/harness/fleet.py). The controller namespace runs
 ansible-playbook with the collection built from ansible/ and installed into a scratch
 collections path, and the .deb built by `make package`.
 
-The tests run in order and share the fleet (module scope): the role twice (the second run
+The hosts' CPUs do not depend on this machine's: each libvirtd gets edited qemu
+capabilities (tests/harness/cpucaps.py). h1 and h3 are Intel Haswells with TSX; h2 is the
+same Haswell after the microcode update of README.Debian, without hle and rtm. So the
+guest that cannot move is the seed's own: ``Haswell`` with ``fallback='forbid'`` on h1.
+
+The tests share the fleet (module scope) and each brings it to the state it needs first
+(the role installed: the ``installed`` fixture, run once; the role's variables converged),
+so any one of them runs alone (``-k``) or in any order: the role twice (the second run
 changes nothing), drift caught by --check --diff and repaired, a debconf answer changed
-(dpkg-reconfigure runs, the change reaches the hosts), the local facts read back, the fleet
-baseline over qemu+ssh:// with a guest every host accepts and one that cannot move to h2,
-the play failing on a doctor FAIL only when asked, and at the end nothing left behind.
+(dpkg-reconfigure runs, the change reaches the hosts), h3 purged and installed again from
+an apt repository, the local facts read back, the fleet baseline over qemu+ssh:// with a
+guest every host accepts and one that cannot move to h2, the play failing on a doctor
+FAIL only when asked, and at the end nothing left behind.
 """
 
 from __future__ import annotations
@@ -21,7 +29,6 @@ import re
 import shutil
 import subprocess
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +39,9 @@ from tests.harness.fleet import PATH, Fleet
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ["trixie", "bookworm", "trixie"]
+CPUS = ["intel-haswell-tsx", "intel-haswell", "intel-haswell-tsx"]
+# README.Debian's guest, which h2 (after the microcode update) can no longer give
+SEED_MODEL, SEED_MISSING = "Haswell", ["hle", "rtm"]
 RULES = ["network", "ssh", "bridge"]
 RECAP = re.compile(r"^(h\d+)\s+: ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)",
                    re.M)
@@ -128,11 +138,11 @@ def fleet() -> Iterator[Fleet]:
         if os.environ.get("VIRTDEB_FLEET_REQUIRED") == "1":  # make fleet (make check)
             pytest.fail(reason)
         pytest.skip(reason)
-    f = Fleet(SUITES, REPO / ".cache")
+    f = Fleet(SUITES, REPO / ".cache", CPUS)
     f.start()
     try:
         for h in f.hosts:
-            _say(f"{h.name} {h.suite} {h.addr}: sshd and libvirtd up")
+            _say(f"{h.name} {h.suite} {h.addr} CPU {h.cpu}: sshd and libvirtd up")
         _say(f"started in {f.timings['start']:.1f} s")
         yield f
     finally:
@@ -150,10 +160,23 @@ ROLE_VARS: dict[str, Any] = {
 }
 
 
-def test_role_twice_second_run_changes_nothing(fleet: Fleet, ansible: Ansible) -> None:
+@pytest.fixture(scope="module")
+def installed(fleet: Fleet, ansible: Ansible) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The role run twice on the new fleet (virtdeb installed from the .deb): the recaps."""
     extra = {"virtdeb_deb": str(_deb()), **ROLE_VARS}
     first = recap(ansible.playbook("site.yml", extra=extra))
     second = recap(ansible.playbook("site.yml", extra=extra))
+    return first, second
+
+
+def converge(ansible: Ansible, **variables: Any) -> None:
+    """The role with ROLE_VARS (and VARIABLES): what the previous test changed is undone."""
+    r = recap(ansible.playbook("site.yml", extra={**ROLE_VARS, **variables}))
+    assert all(v["failed"] == 0 for v in r.values()), r
+
+
+def test_role_twice_second_run_changes_nothing(fleet: Fleet, installed: Any) -> None:
+    first, second = installed
     _say(f"site.yml first run: {_counts(first)}")
     _say(f"site.yml second run: {_counts(second)}")
     assert set(first) == set(second) == {h.name for h in fleet.hosts}
@@ -171,8 +194,9 @@ def _counts(r: dict[str, dict[str, int]]) -> str:
                      for h, v in sorted(r.items()))
 
 
-def test_check_diff_shows_virtdeb_diff_and_changes_nothing(fleet: Fleet,
-                                                           ansible: Ansible) -> None:
+def test_check_diff_shows_virtdeb_diff_and_changes_nothing(fleet: Fleet, ansible: Ansible,
+                                                           installed: Any) -> None:
+    converge(ansible)
     h2 = fleet.hosts[1]
     conf = h2.path("/etc/qemu/bridge.conf")
     conf.write_text("# drift: someone removed the allow line by hand\n")
@@ -189,7 +213,9 @@ def test_check_diff_shows_virtdeb_diff_and_changes_nothing(fleet: Fleet,
     assert "allow br0" in conf.read_text().splitlines()
 
 
-def test_debconf_answer_change_reconfigures(fleet: Fleet, ansible: Ansible) -> None:
+def test_debconf_answer_change_reconfigures(fleet: Fleet, ansible: Ansible,
+                                            installed: Any) -> None:
+    converge(ansible)
     extra = {**ROLE_VARS, "virtdeb_bridge_allow": ["br0", "br1"]}
     res = ansible.playbook("site.yml", extra=extra)
     handler = res.stdout.split("RUNNING HANDLER [virtdeb.libvirt_host.virtdeb : Reconfigure"
@@ -208,7 +234,8 @@ def test_debconf_answer_change_reconfigures(fleet: Fleet, ansible: Ansible) -> N
         assert "bridge_allow: br0 br1" in shown, shown
 
 
-def test_install_from_an_apt_repository(fleet: Fleet, ansible: Ansible) -> None:
+def test_install_from_an_apt_repository(fleet: Fleet, ansible: Ansible,
+                                        installed: Any) -> None:
     """h3 purged and its apt sources gone; the role installs from a file: repository."""
     h3 = fleet.hosts[2]
     built = fleet.scratch / "repo"  # (dpkg-scanpackages finds nothing under /proc/PID/root)
@@ -234,7 +261,8 @@ def test_install_from_an_apt_repository(fleet: Fleet, ansible: Ansible) -> None:
                      h3.path("/etc/virtdeb/virtdeb.conf").read_text(), re.M)
 
 
-def test_facts_read_back(fleet: Fleet, ansible: Ansible) -> None:
+def test_facts_read_back(fleet: Fleet, ansible: Ansible, installed: Any) -> None:
+    converge(ansible)
     facts = ansible.adhoc("-m", "ansible.builtin.setup", "-a", "filter=ansible_local")
     version = _deb().name.split("_")[1]
     for h in fleet.hosts:
@@ -280,43 +308,10 @@ def _compare(fleet: Fleet, index: int, cpu_xml: str) -> subprocess.CompletedProc
     return _virsh(fleet, index, "hypervisor-cpu-compare", "--error", str(f), check=False)
 
 
-def _host_features(fleet: Fleet, index: int) -> tuple[str, list[str], list[str]]:
-    """The host-model CPU of a host: model, required features, disabled features."""
-    caps = ET.fromstring(_virsh(fleet, index, "domcapabilities", "--virttype", "kvm").stdout)
-    hm = caps.find("./cpu/mode[@name='host-model']")
-    assert hm is not None
-    feats = [(f.get("name", ""), f.get("policy")) for f in hm.findall("feature")]
-    return (hm.findtext("model") or "", [n for n, p in feats if p != "disable"],
-            [n for n, p in feats if p == "disable"])
-
-
-def _cpu(model: str, features: list[str], disabled: tuple[str, ...] | list[str] = ()) -> str:
+def _cpu(model: str, features: list[str]) -> str:
     return (f"<cpu mode='custom' match='exact'><model fallback='forbid'>{model}</model>"
             + "".join(f"<feature policy='require' name='{n}'/>" for n in features)
-            + "".join(f"<feature policy='disable' name='{n}'/>" for n in disabled)
             + "</cpu>")
-
-
-def _feature_only_h2_lacks(fleet: Fleet) -> tuple[str, list[str], list[str]]:
-    """A CPU h1 and h3 (trixie) give and h2 (bookworm) refuses for missing features.
-
-    All hosts share this machine's CPU, but bookworm's qemu 7.2 exposes fewer features than
-    trixie's 10.0 (seen: erms, fsrm). Only features bookworm's libvirt knows count (others
-    give "Unknown CPU feature", not "missing"). The model's own features the trixie host
-    disables are disabled in the guest too. Returns (model, features, disabled).
-    """
-    model, trixie, disabled = _host_features(fleet, 0)
-    _, bookworm, _ = _host_features(fleet, 1)
-    found = []
-    for name in [f for f in trixie if f not in bookworm]:
-        res = _compare(fleet, 1, _cpu(model, [name], disabled))
-        if "does not provide" in res.stdout + res.stderr:
-            found.append(name)
-        if len(found) == 2:
-            break
-    assert found, (f"no feature of trixie's host-model ({trixie}) is both known to and"
-                   f" missing on bookworm's ({bookworm}): cannot make the 'cannot move' case")
-    return model, found, disabled
 
 
 def _baseline_report(res: subprocess.CompletedProcess[str]) -> list[str]:
@@ -326,7 +321,26 @@ def _baseline_report(res: subprocess.CompletedProcess[str]) -> list[str]:
             if line.strip()]
 
 
-def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansible) -> None:
+@pytest.fixture
+def guests(fleet: Fleet) -> Iterator[list[tuple[int, str]]]:
+    """(host index, name) of the guests a test defines: undefined after it."""
+    made: list[tuple[int, str]] = []
+    yield made
+    for index, name in made:
+        _virsh(fleet, index, "undefine", name, check=False)
+
+
+def _define(fleet: Fleet, guests: list[tuple[int, str]], index: int, name: str,
+            cpu_xml: str) -> None:
+    dom = fleet.scratch / f"{name}.xml"
+    dom.write_text(_domain_xml(name, cpu_xml))
+    _virsh(fleet, index, "define", str(dom))
+    guests.append((index, name))
+
+
+def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansible,
+                                                     installed: Any,
+                                                     guests: list[tuple[int, str]]) -> None:
     res = ansible.playbook("fleet_baseline.yml", ok_rc=(0, 2))
     lines = _baseline_report(res)
     for line in lines:
@@ -345,18 +359,15 @@ def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansi
          f" {base['model']} with {len(base['features'])} features, accepted by"
          f" {len(base['accepted_by'])} of {len(uris)} ({result['seconds']:.2f} s)")
     # a guest with the baseline CPU on h1: every host's own compareHypervisorCPU accepts it
-    dom = fleet.scratch / "fleet-base.xml"
-    dom.write_text(_domain_xml("fleet-base", base["cpu_xml"]))
-    _virsh(fleet, 0, "define", str(dom))
+    _define(fleet, guests, 0, "fleet-base", base["cpu_xml"])
     for i, h in enumerate(fleet.hosts):
         cmp = _compare(fleet, i, base["cpu_xml"])
         assert cmp.returncode == 0, cmp.stdout + cmp.stderr
         _say(f"baseline CPU on {h.name}: {cmp.stdout.strip()}")
-    # a guest on h1 with a CPU h2 cannot give
-    model, missing, disabled = _feature_only_h2_lacks(fleet)
-    dom = fleet.scratch / "fleet-nomove.xml"
-    dom.write_text(_domain_xml("fleet-nomove", _cpu(model, missing, disabled)))
-    _virsh(fleet, 0, "define", str(dom))
+    # README.Debian's guest on h1: h2, after its microcode update, cannot give it
+    missing = SEED_MISSING
+    _define(fleet, guests, 0, "fleet-nomove", _cpu(SEED_MODEL, []).replace(
+        "</model>", "</model><vendor>Intel</vendor>"))
     res = ansible.playbook("fleet_baseline.yml", ok_rc=(0, 2))
     lines = _baseline_report(res)
     for line in lines:
@@ -367,12 +378,11 @@ def test_baseline_every_host_accepts_and_cannot_move(fleet: Fleet, ansible: Ansi
     assert not [x for x in lines if "fleet-nomove" in x and "to h3" in x], lines
 
 
-def test_fail_on_fail_only_when_asked(fleet: Fleet, ansible: Ansible) -> None:
+def test_fail_on_fail_only_when_asked(fleet: Fleet, ansible: Ansible, installed: Any,
+                                     guests: list[tuple[int, str]]) -> None:
+    converge(ansible)
     # a guest on h2 whose CPU h2 cannot give: doctor's cpu rule FAILs there
-    dom = fleet.scratch / "fleet-broken.xml"
-    cpu = _cpu("kvm64", ["hle", "rtm", "avx512-vp2intersect"])
-    dom.write_text(_domain_xml("fleet-broken", cpu))
-    _virsh(fleet, 1, "define", str(dom))
+    _define(fleet, guests, 1, "fleet-broken", _cpu("kvm64", SEED_MISSING))
     res = ansible.playbook("report.yml")
     r = recap(res)
     assert all(v["failed"] == 0 for v in r.values()), r

@@ -44,7 +44,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness.libvirtd import PrivateLibvirtd, _kill_netns_processes
+from tests.harness import cpucaps
+from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd, _kill_netns_processes
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdfleet-"
@@ -123,6 +124,7 @@ class FleetHost:
     suite: str  # bookworm, trixie
     addr: str
     image: Path
+    cpu: str | None = None  # a profile of tests/harness/cpucaps.py; None: this machine's
     daemon: PrivateLibvirtd | None = None
     sshd: subprocess.Popen[bytes] | None = None
 
@@ -151,16 +153,19 @@ class FleetHost:
 class Fleet:
     """Hosts named h1..hN, one per entry of SUITES, plus a controller namespace."""
 
-    def __init__(self, suites: Sequence[str], images: Path) -> None:
+    def __init__(self, suites: Sequence[str], images: Path,
+                 cpus: Sequence[str | None] = ()) -> None:
         self.tag = f"{PREFIX}{os.getpid()}"
         self.scratch = Path(tempfile.gettempdir(), f"{self.tag}-{os.urandom(3).hex()}")
         self.switch = f"{self.tag}-sw"
         self.controller = f"{self.tag}-ctl"
         self.subnet = pick_subnet()
         self.controller_addr = str(self.subnet[2])
+        cpus = list(cpus) or [None] * len(suites)
         self.hosts = [FleetHost(name=f"h{i}", suite=s, addr=str(self.subnet[10 + i]),
-                                image=images / f"fleet-{s}")
-                      for i, s in enumerate(suites, start=1)]
+                                image=images / f"fleet-{s}", cpu=cpu)
+                      for i, (s, cpu) in enumerate(zip(suites, cpus, strict=True), start=1)]
+        self._probed: dict[Path, Path] = {}  # image -> its qemu capabilities, probed once
         self.key = self.scratch / "id_ed25519"
         self.known_hosts = self.scratch / "known_hosts"
         self.ssh_wrapper = self.scratch / "ssh"
@@ -237,10 +242,18 @@ class Fleet:
             (scratch / "upper/root").chmod(0o700)
             (ssh / "authorized_keys").write_text(pub)
 
+        caps = self._edited_caps(h) if h.cpu else None
         h.daemon = PrivateLibvirtd(root=h.image, overlay=True, before_start=before_start,
-                                   start_timeout=60)
+                                   start_timeout=60, caps_cache=caps)
         self._host_dirs.append(str(h.daemon.scratch))
-        h.daemon.start()
+        with cpucaps.one_core():
+            h.daemon.start()
+        if h.cpu:
+            conn = h.daemon.connect()
+            try:
+                cpucaps.check_profile(conn, cpucaps.PROFILES[h.cpu])
+            finally:
+                conn.close()
         self._plug(h.netns, h.name, h.addr)
         h.run(["ssh-keygen", "-A"])
         h.run(["mkdir", "-p", "-m", "0755", "/run/sshd"])  # /run is the daemon's tmpfs
@@ -253,6 +266,26 @@ class Fleet:
                                           stderr=subprocess.STDOUT, start_new_session=True)
         finally:
             log.close()
+
+    def _edited_caps(self, h: FleetHost) -> str:
+        """The qemu capabilities of H's image, probed once per image by a daemon of its
+        own on one core, edited to H's CPU profile (cpu_map of the image's libvirt)."""
+        assert h.cpu is not None
+        probed = self._probed.get(h.image)
+        if probed is None:
+            probe = PrivateLibvirtd(root=h.image, overlay=True, start_timeout=60)
+            self._host_dirs.append(str(probe.scratch))
+            with cpucaps.one_core():
+                probe.start()
+            try:
+                probed = self.scratch / f"probed-{h.image.name}"
+                shutil.copytree(probe.scratch / "upper" / CAPS_SUBDIR, probed)
+            finally:
+                probe.stop()
+            self._probed[h.image] = probed
+        edited = self.scratch / f"caps-{h.name}"
+        cpucaps.edit_caps(probed, edited, cpucaps.PROFILES[h.cpu], h.image)
+        return str(edited)
 
     def _wait_sshd(self, h: FleetHost, timeout: float = 30) -> None:
         deadline = time.monotonic() + timeout
