@@ -1,5 +1,5 @@
-"""Rule ``access``: the libvirt group in fake roots holding real copies of
-/etc/passwd, /etc/group and /etc/gshadow (see also tests/cases/access)."""
+"""Rule ``access``: the libvirt group in fake roots holding the /etc/passwd, /etc/group and
+/etc/gshadow of a Debian minbase system (tests/data/etc; see also tests/cases/access)."""
 
 from __future__ import annotations
 
@@ -20,21 +20,18 @@ from virtdeb.system import groups
 
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXTRA_USERS = "alice:x:1001:1001:Alice,,,:/home/alice:/bin/bash\n"
+ETC = Path(__file__).parent / "data/etc"
 
 
-def fake_root(tmp_path: Path, *, with_group: bool = False) -> Path:
-    """A root with the host's real passwd/group/gshadow, alice added, no libvirt group."""
+def fake_root(tmp_path: Path) -> Path:
+    """A root with the passwd/group/gshadow of a Debian minbase system (tests/data/etc,
+    never the host's), alice added, no libvirt group."""
     root = tmp_path / "root"
     (root / "etc").mkdir(parents=True)
     for name in ("passwd", "group", "gshadow"):
-        shutil.copy2(f"/etc/{name}", root / "etc" / name)
+        shutil.copy2(ETC / name, root / "etc" / name)
     with open(root / "etc/passwd", "a") as fh:
         fh.write(EXTRA_USERS)
-    if not with_group:
-        for name in ("group", "gshadow"):
-            path = root / "etc" / name
-            lines = path.read_text().splitlines(True)
-            path.write_text("".join(line for line in lines if not line.startswith("libvirt:")))
     return root
 
 

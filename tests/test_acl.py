@@ -20,7 +20,7 @@ HOSTILE = ['we"b', "a\\b", "</x>'); polkit.x=1; //", "ünï", "a\u2028b", "x" * 
 def fake_root(tmp_path: Path) -> Path:
     root = tmp_path / "root"
     (root / "etc/libvirt").mkdir(parents=True)
-    shutil.copy2("/etc/passwd", root / "etc/passwd")
+    shutil.copy2(Path(__file__).parent / "data/etc/passwd", root / "etc/passwd")
     shutil.copy2(Path(__file__).parent / "cases/debug/libvirtd.conf",
                  root / "etc/libvirt/libvirtd.conf")
     return root

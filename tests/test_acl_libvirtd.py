@@ -98,7 +98,7 @@ def granted_root(tmp_path: Path) -> Path:
     """A fake root with the host's libvirtd.conf, after virtdeb's own grants."""
     root = tmp_path / "root"
     (root / "etc/libvirt").mkdir(parents=True)
-    shutil.copy2("/etc/passwd", root / "etc/passwd")
+    shutil.copy2(Path(__file__).parent / "data/etc/passwd", root / "etc/passwd")
     shutil.copy2(LIBVIRTD_CONF, root / LIBVIRTD_CONF.lstrip("/"))
     r = ["--root", str(root)]
     assert main(["acl", "grant", "bin", "--read-only", *r,

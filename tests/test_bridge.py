@@ -149,6 +149,7 @@ def test_not_wanted_leaves_helper_alone(tmp_path: Path) -> None:
     assert finding.status is Status.NOTE
 
 
+@pytest.mark.root  # a setuid-root helper
 def test_setuid_helper_passes(tmp_path: Path) -> None:
     host = make_root(tmp_path, conf="allow br0\n")
     host.path(HELPER).chmod(0o4755)

@@ -109,6 +109,7 @@ def test_editor_creates_new_file_with_marker(tmp_path: Path) -> None:
 
 
 # -- the writer -----------------------------------------------------------------
+@pytest.mark.root  # chown to another owner
 def test_atomic_write_keeps_mode_and_owner(tmp_path: Path) -> None:
     path = tmp_path / "f"
     path.write_bytes(b"old")

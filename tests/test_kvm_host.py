@@ -142,6 +142,7 @@ def _open_as_checks(node: Path) -> None:
     assert os.getuid() == 0 and os.getgid() == 0  # the parent kept its ids
 
 
+@pytest.mark.integration  # this machine's own devices, not a fixture
 def test_the_hosts_devices_agree_with_virt_host_validate() -> None:
     tool = shutil.which("virt-host-validate", path="/usr/bin:/usr/sbin:/bin:/sbin")
     if tool is None:

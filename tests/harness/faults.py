@@ -2,10 +2,9 @@
 file changes on it, snapshots, and a fault injector.
 
 The root (:func:`build_root`) holds the conffiles virtdeb edits, as Debian ships
-them: ``/etc/libvirt/{qemu,libvirtd}.conf`` from this machine when dpkg says they
-are pristine (md5sum of the Conffiles field of their owner), else from the owner's
-.deb cached in ``.cache/debs`` (``make safety-debs``); Xen 4.2's
-``xend-config.sxp``; a ``bridge.conf``; ``/etc/group``, ``/etc/passwd``; a dpkg
+them: ``/etc/libvirt/{qemu,libvirtd}.conf`` of libvirt 9.0.0 (kept under tests/cases,
+never read from this machine); Xen 4.2's ``xend-config.sxp``; a ``bridge.conf``;
+``/etc/group``, ``/etc/passwd``; a dpkg
 status naming the packages the rules look for; and ``/etc/virtdeb/virtdeb.conf``
 that enables everything the schema offers (:func:`enabling_config`).
 
@@ -22,7 +21,6 @@ process.  It injects faults; it does not replace the code under test.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -47,14 +45,15 @@ from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
 from virtdeb.host import Host  # noqa: E402
 from virtdeb.journal import Journal  # noqa: E402
 from virtdeb.rules import load_all  # noqa: E402
-from virtdeb.system import dpkg  # noqa: E402
 
 PY = "/usr/bin/python3"
 CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
              "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"}
 URI = "test:///default"
 CONFIG = "/etc/virtdeb/virtdeb.conf"
-DEB_CACHE = TOP / ".cache" / "debs"
+# libvirt-daemon-system 9.0.0's qemu.conf and libvirtd.conf as Debian ships them
+REAL_QEMU_CONF = TOP / "tests/cases/qemu/real-9.0-consent/in/etc/libvirt/qemu.conf"
+REAL_LIBVIRTD_CONF = TOP / "tests/cases/debug/libvirtd.conf"
 # Xen 4.2's xend-config.sxp as Debian shipped it (the golden case keeps a copy in git).
 XEND = TOP / "tests/cases/xend/real-4.2/in/etc/xen/xend-config.sxp"
 LOCAL_XEND = TOP / "tests" / "cases" / "xend"
@@ -72,30 +71,6 @@ PACKAGES = ("libvirt-daemon-system", "libvirt-clients", "qemu-system-x86", "qemu
 
 
 # -- the root ----------------------------------------------------------------
-def _dpkg_md5(package: str) -> dict[str, str]:
-    out = subprocess.run(["dpkg-query", "-W", "-f=${Conffiles}", package], capture_output=True,
-                         text=True, env=CLEAN_ENV, check=False).stdout
-    pairs = (line.split()[:2] for line in out.splitlines() if len(line.split()) >= 2)
-    return {path: md5 for path, md5 in pairs}
-
-
-def debian_conffile(package: str, path: str) -> bytes | None:
-    """``path`` as ``package`` ships it: the host's copy if pristine, else the cached .deb."""
-    host = Path(path)
-    expected = _dpkg_md5(package).get(path)
-    if expected and host.is_file() and \
-            hashlib.md5(host.read_bytes(), usedforsecurity=False).hexdigest() == expected:
-        return host.read_bytes()
-    extracted = DEB_CACHE / package / path.lstrip("/")
-    if not extracted.exists():
-        debs = sorted(DEB_CACHE.glob(f"{package}_*.deb"))
-        if not debs:
-            return None
-        subprocess.run(["dpkg-deb", "-x", str(debs[-1]), str(DEB_CACHE / package)], check=True,
-                       env=CLEAN_ENV)
-    return extracted.read_bytes() if extracted.exists() else None
-
-
 def _status(packages: tuple[str, ...]) -> str:
     return "".join(f"Package: {p}\nStatus: install ok installed\nPriority: optional\n"
                    f"Architecture: all\nVersion: 1.0\nDescription: fake\n\n" for p in packages)
@@ -128,18 +103,14 @@ def _enabling_value(section: str, key: str, default: str,
 
 
 def conffiles() -> dict[str, bytes]:
-    """Absolute path -> bytes of the real conffiles the root gets."""
-    files: dict[str, bytes] = {}
-    for path in ("/etc/libvirt/qemu.conf", "/etc/libvirt/libvirtd.conf"):
-        # the owner by dpkg's file lists: libvirt-daemon-system on bookworm,
-        # libvirt-daemon-driver-qemu and libvirt-daemon on the split libvirt (trixie, sid)
-        package = dpkg.owner(Host(), path, dpkg.LIBVIRT_HINTS) or "libvirt-daemon-system"
-        data = debian_conffile(package, path)
-        if data is not None:
-            files[path] = data
-    files["/etc/xen/xend-config.sxp"] = XEND.read_bytes()
-    files["/etc/qemu/bridge.conf"] = BRIDGE_CONF
-    return files
+    """Absolute path -> bytes of the real conffiles the root gets: Debian's own, kept under
+    tests/cases (never read from the host, whose copies may be edited or unreadable)."""
+    return {
+        "/etc/libvirt/qemu.conf": REAL_QEMU_CONF.read_bytes(),
+        "/etc/libvirt/libvirtd.conf": REAL_LIBVIRTD_CONF.read_bytes(),
+        "/etc/xen/xend-config.sxp": XEND.read_bytes(),
+        "/etc/qemu/bridge.conf": BRIDGE_CONF,
+    }
 
 
 def build_root(dest: Path, *, config: str | None = None) -> Path:
