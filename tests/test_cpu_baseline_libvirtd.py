@@ -369,7 +369,7 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
 def test_save_while_another_virtdeb_holds_the_lock_is_busy_and_saves_nothing(
         hosts: list[Host], tmp_path: Path) -> None:
     a = hosts[0]
-    with lock.hold(VHost(root=tmp_path), "test holder"):
+    with lock.hold(VHost(root=tmp_path).path(lock.LOCK), "test holder"):
         proc = run(tmp_path, "--save", "--wait", "0.3", a.uri)
         show(proc)
         assert proc.returncode == lock.BUSY_EXIT, proc.stdout + proc.stderr

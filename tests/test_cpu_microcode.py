@@ -10,6 +10,7 @@ import pytest
 
 from virtdeb import maint
 from virtdeb.cpu import fix, microcode
+from virtdeb.cpu import state as cpu_state
 from virtdeb.cpu import xml as cpuxml
 from virtdeb.host import Host
 from virtdeb.rules import Status
@@ -66,7 +67,7 @@ def test_boot_consumes_marker(root: Path) -> None:
 def test_boot_without_marker_or_change_does_nothing(root: Path) -> None:
     host = Host(root=root, uri=NO_DAEMON)
     assert microcode.boot(host) == 0
-    assert not state(root, microcode.STATE).exists()
+    assert not state(root, cpu_state.STATE).exists()
 
 
 def test_boot_keeps_marker_when_libvirt_unreachable(root: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from virtdeb.commands.options import add_wait_option
 from virtdeb.cpu import baseline, drift
+from virtdeb.cpu.state import FLEET_STATE
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
 
@@ -30,7 +31,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON (the baseline as <cpu> XML)")
     p.add_argument("--save", action="store_true",
-                   help=f"record the result in {drift.FLEET_STATE}; later runs say what"
+                   help=f"record the result in {FLEET_STATE}; later runs say what"
                         " changed")
     p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
                    help="only these domains (default: every defined domain)")
@@ -65,7 +66,7 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     entry = None
     if args.save:
         entry = drift.save(local, carry_over(saved, result), wait=args.wait)
-        result["saved_to"] = drift.FLEET_STATE
+        result["saved_to"] = FLEET_STATE
         result["journal"] = entry
     if args.json:
         json.dump(result, sys.stdout, indent=1)
@@ -74,7 +75,7 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
         sys.stdout.write(drift.render(result, changes,
                                          None if saved is None else str(saved.get("time"))))
         if args.save:
-            print(f"saved to {drift.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
+            print(f"saved to {FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
                   f" virtdeb revert {entry})" if entry else " (unchanged)"))
     base = result["baseline"]
     bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None

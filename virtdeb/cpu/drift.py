@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.cpu import microcode
 from virtdeb.cpu.fleet_host import LibvirtHost
+from virtdeb.cpu.state import FLEET_STATE, read_json
 from virtdeb.host import Host
 
-FLEET_STATE = f"{microcode.STATE}/fleet.json"
 MATRIX_ROWS = 15  # more guests than this: the matrix shows only those that cannot move
 
 
@@ -196,7 +195,7 @@ _LEGEND = {"unchecked": "no CPU model that libvirt checks",
 
 # ------------------------------------------------------------- saved baselines
 def load_saved(host: Host) -> dict[str, Any] | None:
-    return microcode.read_json(host, FLEET_STATE)
+    return read_json(host, FLEET_STATE)
 
 
 def save(host: Host, result: Mapping[str, Any], wait: float | None = None) -> str | None:

@@ -13,6 +13,7 @@ from virtdeb import fsio
 from virtdeb.cpu.compare import inspect
 from virtdeb.cpu.fix import fix_all
 from virtdeb.cpu.report import text_lines
+from virtdeb.cpu.state import BASELINE, LAST_REPORT, MARKER, read_json
 from virtdeb.cpu.xml import parse_xml
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
@@ -22,10 +23,6 @@ from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
-STATE = "/var/lib/virtdeb/cpu"
-MARKER = f"{STATE}/check-after-boot"
-BASELINE = f"{STATE}/baseline.json"
-LAST_REPORT = f"{STATE}/last-report.json"
 CPUINFO = "/proc/cpuinfo"
 
 
@@ -44,16 +41,6 @@ def _state(host: Host, abspath: str, data: dict[str, Any] | None) -> FileChange:
 def _save(host: Host, command: str, *changes: FileChange) -> None:
     """Write state files through the journal, like every change virtdeb makes."""
     Journal(host).apply([c for c in changes if c.before != c.after], command)
-
-
-def read_json(host: Host, abspath: str) -> dict[str, Any] | None:
-    """One of virtdeb's state files, or None when absent or unreadable."""
-    try:
-        data = fsio.read_bytes(host.path(abspath), abspath)
-        value = None if data is None else json.loads(data)
-    except (VirtdebError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def cpuinfo(host: Host) -> tuple[list[str], str | None]:
@@ -135,7 +122,7 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
 
 def fleet_check(host: Host) -> dict[str, Any] | None:
     """The saved fleet baseline (``virtdeb cpu-baseline --save``) against this host now."""
-    from virtdeb.cpu.drift import check_local  # it imports this module
+    from virtdeb.cpu.drift import check_local  # the fleet engine: only when asked
 
     try:
         result = check_local(host)
