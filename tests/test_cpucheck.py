@@ -162,7 +162,7 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
                                        missing: list[str], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
-                        "--domain", "tsx", "fits")
+                        "--domain", "tsx", "--domain", "fits")
     assert code == 1
     assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: " in out
     assert all(f in out for f in missing)

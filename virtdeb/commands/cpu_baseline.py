@@ -1,4 +1,4 @@
-"""``virtdeb cpu-baseline [--json] [--save] [--domain NAME...] [--timeout S] URI...``
+"""``virtdeb cpu-baseline [--json] [--save] [--domain NAME]... [--timeout S] URI...``
 
 The CPU every host of a fleet can give, and which guests can move where
 (engine: :mod:`virtdeb.cpu.baseline`).  Without a URI: this host's
@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from virtdeb.commands.options import add_wait_option
+from virtdeb.commands.options import add_domain_option, add_wait_option
 from virtdeb.cpu import baseline, drift
 from virtdeb.cpu.state import FLEET_STATE
 from virtdeb.errors import UsageError
@@ -33,8 +33,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--save", action="store_true",
                    help=f"record the result in {FLEET_STATE}; later runs say what"
                         " changed")
-    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
-                   help="only these domains (default: every defined domain)")
+    add_domain_option(p)
     p.add_argument("--timeout", type=float, default=baseline.DEFAULT_TIMEOUT, metavar="S",
                    help="seconds to wait for a host, in each of the two rounds of questions"
                         f" (default {baseline.DEFAULT_TIMEOUT:g})")
@@ -48,13 +47,8 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
     local = Host(root=Path(args.root))
-    # --domain NAME... swallows the URIs after it; libvirt refuses '/' in a domain name
-    # (and a URI has '://'), so they are told apart
-    words = [n for group in args.domain for n in group]
-    names = [w for w in words if "/" not in w]
-    uris = [*args.uris, *(w for w in words if "/" in w)]
     saved = drift.load_saved(local)
-    fleet = baseline.survey(uris or [DEFAULT_URI], names, args.timeout)
+    fleet = baseline.survey(args.uris or [DEFAULT_URI], args.domain, args.timeout)
     try:
         result = fleet.as_json()
     finally:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from virtdeb.commands.options import add_host_options, host_from, locked
+from virtdeb.commands.options import add_domain_option, add_host_options, host_from, locked
 from virtdeb.cpu import STRATEGIES
 from virtdeb.cpu.compare import DomainReport, Progress, Verdict, inspect
 from virtdeb.cpu.fix import fix_all, verify
@@ -17,8 +17,7 @@ from virtdeb.cpu.fix import fix_all, verify
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("cpu-check", help="compare the domains' CPU models with the host CPU")
     add_host_options(p)
-    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
-                   help="only these domains (default: every defined domain)")
+    add_domain_option(p)
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--fix", choices=STRATEGIES,
                    help="rewrite the definitions that do not fit: disable just the missing"
@@ -39,13 +38,12 @@ def summary(reports: Sequence[DomainReport], calls: int) -> str:
 
 def cmd_cpu_check(args: argparse.Namespace) -> int:
     host = host_from(args)
-    names = [n for group in args.domain for n in group]
     fixed: list[tuple[str, Verdict]] = []
     entry_id = None
     with locked(host, args, writes=bool(args.fix)):  # a fix is planned under the lock
         progress = Progress(sys.stderr, "comparing CPUs")
         try:
-            reports, comparer = inspect(host.connect(), names, progress)
+            reports, comparer = inspect(host.connect(), args.domain, progress)
         finally:
             progress.done()
         calls = comparer.calls

@@ -49,6 +49,13 @@ def add_wait_option(parser: argparse.ArgumentParser, when: str = "") -> None:
                              " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
 
 
+def add_domain_option(parser: argparse.ArgumentParser) -> None:
+    """``--domain NAME``, once per domain: one value each, so URIs after it stay URIs."""
+    parser.add_argument("--domain", action="append", metavar="NAME", default=[],
+                        help="only this domain; repeat for more (default: every defined"
+                             " domain)")
+
+
 def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
            recover: bool = True) -> contextlib.AbstractContextManager[None]:
     """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false.
