@@ -288,8 +288,9 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     # on host B itself: the microcode trigger's check and rule cpu use the saved baseline
     on_b = VHost(root=tmp_path, uri=b.uri)
     try:
-        report = microcode.check_and_report(on_b, "microcode-update", fix=False)
-        assert report is not None and report["fleet"] is not None
+        checked = microcode.check_and_report(on_b, "microcode-update", fix=False)
+        assert checked is not None and checked.report["fleet"] is not None
+        report = checked.report
         problems = report["fleet"]["problems"]
         print("\n".join(problems))
         assert "this host no longer gives the fleet's CPU baseline saved" in problems[0]

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from virtdeb import cli
+from virtdeb import cli, maint
 from virtdeb.cpu import STRATEGIES, microcode
 from virtdeb.host import Host
 from virtdeb.rules import Status
@@ -272,7 +272,8 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
     host = Host(root=tmp_path, uri=libvirtd.uri)
     with caplog.at_level(logging.WARNING, logger="virtdeb"):
-        microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+        changes = microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+        maint.applied(host, changes, "triggered", "cpu")
     # the trigger's lines are cpu-check's: one per CPU definition
     logged = [r.getMessage() for r in caplog.records]
     assert len([m for m in logged if m.startswith("cpu: tsx, tsx-twin (2 domains, ")]) == 1, logged
@@ -281,7 +282,7 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     assert marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert report["broken"] == 3 and report["fixed"] == []  # trigger time: report only
-    assert microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
+    maint.applied(host, microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)), "boot", "cpu")
     assert not marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert sorted(report["fixed"]) == ["intel", "tsx", "tsx-twin"]

@@ -272,3 +272,17 @@ def test_editor_last_and_ensure(tmp_path: Path) -> None:
     assert ed.change is not None and ed.change.after == (
         b'log_level = 2\n#log_filters = "x"\nlog_outputs = "1:stderr"\nlog_level = 2\n'
         b'log_filters = "1:qemu"\n')
+
+
+def test_one_path_applies_changes() -> None:
+    """Every change is made by virtdeb.outcome.apply (one journal entry under the lock);
+    no engine or command calls the journal's apply itself."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("outcome.py", "journal.py"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"Journal\([^)]*\)\.apply\(|\bjournal\.apply\(", line):
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert found == []
+

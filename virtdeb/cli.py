@@ -14,8 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from virtdeb import __version__, report
-from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import (
+    add_host_options,
+    add_json_option,
+    host_from,
+    locked,
+    print_json,
+    show_and_apply,
+)
 from virtdeb.errors import VirtdebError
+from virtdeb.outcome import Outcome
 from virtdeb.rules import ORDER, Status, select
 
 log = logging.getLogger("virtdeb")
@@ -50,7 +58,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with locked(host, args):  # plan from the bytes on disk once no other virtdeb writes
         changes = [c for rule in rules for c in rule(host).plan()]
         show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
-                       unchanged=f"the host already matches ({names})")
+                       unchanged=f"the host already matches ({names})", as_json=args.json)
     return 0
 
 
@@ -68,6 +76,10 @@ def cmd_revert(args: argparse.Namespace) -> int:
         return 0
     with locked(host, args, recover=False):
         entry, messages = journal.revert(args.id, connect=args.connect)
+    if args.json:
+        outcome = Outcome.of_revert(entry.id, f"revert {entry.id}", entry.records, messages)
+        print_json(outcome.as_json())
+        return 0
     for message in messages:
         print(message)
     print(f"reverted journal entry {entry.id} ({entry.command})")
@@ -94,6 +106,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     add_host_options(p)
     p.add_argument("--dry-run", "-n", action="store_true",
                    help="show the changes as a diff, write nothing")
+    add_json_option(p)
     p.add_argument("rules", nargs="+", metavar="RULE", help=rules_help)
     p.set_defaults(func=cmd_apply)
 
@@ -101,6 +114,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
                        " libvirt changes on the URI they were made on (unless --connect)")
     add_host_options(p, config=False)
     p.add_argument("--list", action="store_true", help="list the journal")
+    add_json_option(p)
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
     p.set_defaults(func=cmd_revert)
 
@@ -130,6 +144,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VirtdebError as exc:
+        if getattr(args, "result_json", False) and args.json:  # say it to the program too
+            print_json(Outcome(" ".join(argv)).as_json()
+                       | {"error": {"name": exc.name, "message": exc.message}})
         print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -10,16 +10,22 @@ otherwise; 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from virtdeb.commands.options import add_domain_option, add_wait_option
+from virtdeb.commands.options import (
+    add_domain_option,
+    add_json_option,
+    add_wait_option,
+    locked,
+    print_json,
+)
 from virtdeb.cpu import baseline, drift
 from virtdeb.cpu.state import FLEET_STATE
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
+from virtdeb.outcome import Outcome, apply
 
 
 def add_parser(sub: Any) -> None:
@@ -28,8 +34,7 @@ def add_parser(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("uris", nargs="*", metavar="URI",
                    help=f"libvirt URIs of the hosts (default {DEFAULT_URI})")
-    p.add_argument("--json", action="store_true",
-                   help="print the result as JSON (the baseline as <cpu> XML)")
+    add_json_option(p, "the result (the baseline as <cpu> XML)")
     p.add_argument("--save", action="store_true",
                    help=f"record the result in {FLEET_STATE}; later runs say what"
                         " changed")
@@ -57,18 +62,19 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if saved is not None:
         result["since_saved"] = {"time": saved.get("time"),
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
-    entry = None
+    outcome = Outcome("cpu-baseline")
     if args.save:
-        entry = drift.save(local, carry_over(saved, result), wait=args.wait)
+        with locked(local, args):  # the saved file is read under the lock
+            outcome = apply(local, drift.save_changes(local, carry_over(saved, result)),
+                            "cpu-baseline --save")
         result["saved_to"] = FLEET_STATE
-        result["journal"] = entry
     if args.json:
-        json.dump(result, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(outcome.as_json() | result)
     else:
         sys.stdout.write(drift.render(result, changes,
                                          None if saved is None else str(saved.get("time"))))
         if args.save:
+            entry = outcome.journal
             print(f"saved to {FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
                   f" virtdeb revert {entry})" if entry else " (unchanged)"))
     base = result["baseline"]
