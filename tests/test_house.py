@@ -14,6 +14,7 @@ source:
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -286,3 +287,28 @@ def test_one_path_applies_changes() -> None:
                 found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
     assert found == []
 
+
+@source_tree
+def test_pointers_stay_in_the_tree() -> None:
+    """README.md and this file point to docs/ARCHITECTURE.md; no tracked file cites a
+    document outside the tree or an issue number a reader cannot look up."""
+    assert (TOP / "docs/ARCHITECTURE.md").is_file()
+    assert "docs/ARCHITECTURE.md" in (TOP / "README.md").read_text(encoding="utf-8")
+    assert "docs/ARCHITECTURE.md" in (__doc__ or "")
+    outside = re.compile("DESIGN" + r"\.md|\bissues? #?\d+|\(#\d+\)", re.I)
+    found = []
+    for path in source_files():
+        text = path.read_bytes().decode("utf-8", "replace")
+        found += [f"{path.relative_to(TOP)}:{n}" for n, line in enumerate(text.splitlines(), 1)
+                  if outside.search(line)]
+    assert found == []
+
+
+def source_files() -> list[Path]:
+    """The tree's files: no hidden or build directory, no symlink followed."""
+    out = []
+    for top, dirs, files in os.walk(TOP):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__"))
+                         and d != "build")
+        out += [Path(top, f) for f in sorted(files) if not f.endswith((".pyc", ".deb"))]
+    return out
