@@ -52,10 +52,11 @@ class Cpu(Rule):
     # The engine is imported where it is used: maint imports every rule for its
     # declarations, and doctor of another rule must not pay for the CPU engine.
     def _domains(self) -> list[Finding]:
-        from virtdeb.cpu.compare import inspect
-
         try:
-            reports, _ = inspect(self.host.connect())
+            conn = self.host.connect()  # first: no daemon, no engine to import
+            from virtdeb.cpu.compare import inspect
+
+            reports, _ = inspect(conn)
         except VirtdebError as exc:
             return [self.finding(Status.WARN, f"cannot compare the domains' CPUs: {exc.message}",
                                  "start libvirtd, or pass --connect URI")]
