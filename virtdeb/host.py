@@ -35,7 +35,7 @@ CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SYSTEM_SOCKETS = ("/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock")
 
 
-def _system_daemon() -> bool:
+def system_daemon() -> bool:
     """Whether a daemon (or its activation socket) answers qemu:///system here."""
     return any(os.path.exists(sock) for sock in SYSTEM_SOCKETS)
 
@@ -192,7 +192,7 @@ class Host:
         """
         if self._conn_error is not None:
             raise self._conn_error
-        if self._conn is None and self.uri == DEFAULT_URI and not _system_daemon():
+        if self._conn is None and self.uri == DEFAULT_URI and not system_daemon():
             # what libvirt would say, without its import (doctor on a host at rest)
             self._conn_error = LibvirtError(
                 f"cannot connect to {self.uri}: no {SYSTEM_SOCKETS[0]};"
