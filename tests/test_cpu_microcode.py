@@ -198,3 +198,16 @@ def test_state_files_are_journaled_and_revert(root: Path) -> None:
     journal.revert(entry.id)
     assert not state(root, microcode.MARKER).exists()
     assert not state(root, microcode.BASELINE).exists()
+
+
+def test_maint_rewrites_a_domain_only_when_the_policy_says_fix(root: Path) -> None:
+    """A domain's definition is the administrator's: the boot check's fixes are made only
+    with [cpu] on_microcode = fix, and otherwise refused with the reason."""
+    from virtdeb.effects.domain import DomainXMLChange
+
+    fix_web = DomainXMLChange(rule="cpu", target="domain web", uuid="u", before=DOM,
+                              after=DOM.replace("require", "disable"))
+    reason = maint.refusal(Host(root=root), fix_web)  # the fixture says nothing
+    assert reason is not None and "on_microcode = fix" in reason
+    (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
+    assert maint.refusal(Host(root=root), fix_web) is None

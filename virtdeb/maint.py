@@ -45,26 +45,28 @@ def configure_rules() -> list[str]:
     return [name for name, rule in load_all().items() if rule.postinst]
 
 
-def allowed(host: Host, change: Change) -> bool:
-    """Own files always; another package's conffile only with consent ([virtdeb]
-    allow_edit); a domain's definition only with ``[cpu] on_microcode = fix``."""
+def refusal(host: Host, change: Change) -> str | None:
+    """Why maint must not make ``change`` on its own, or None: virtdeb's own files always;
+    another package's conffile only with ``[virtdeb] allow_edit``; a domain's definition
+    only with ``[cpu] on_microcode = fix``."""
     if not change.foreign:
-        return True
+        return None
     if isinstance(change, DomainXMLChange):
-        return host.config.get("cpu", "on_microcode") == "fix"
-    return isinstance(change, FileChange) and host.config.may_edit(change.target)
-
-
-NOT_ALLOWED = "another package's file; allow it with dpkg-reconfigure virtdeb"
+        return None if host.config.get("cpu", "on_microcode") == "fix" else \
+            "a domain's definition is the administrator's ([cpu] on_microcode = fix allows it)"
+    if isinstance(change, FileChange) and host.config.may_edit(change.target):
+        return None
+    return "another package's file; allow it with dpkg-reconfigure virtdeb"
 
 
 def applied(host: Host, changes: Sequence[Change], command: str, rule: str) -> Outcome:
     """Apply what the administrator allowed (one journal entry); log what was done and
     what was refused."""
-    refused = [Refused(rule, c.target, NOT_ALLOWED) for c in changes if not allowed(host, c)]
+    refused = [Refused(rule, c.target, why) for c in changes if (why := refusal(host, c))]
     for item in refused:
         log.warning("%s: not changing %s (%s)", rule, item.target, item.reason)
-    outcome = apply(host, [c for c in changes if allowed(host, c)], command, refused=refused)
+    allowed = [c for c in changes if refusal(host, c) is None]
+    outcome = apply(host, allowed, command, refused=refused)
     if outcome.changed:
         log.warning("%s: changed %s (undo: virtdeb revert %s)", rule,
                     ", ".join(c.target for c in outcome.changes), outcome.journal)
