@@ -32,8 +32,9 @@ log = logging.getLogger("virtdeb")
 # the parser's ``func`` default to a handler (args) -> int.
 EXTRA_COMMANDS: list[str] = ["virtdeb.commands.acl", "virtdeb.commands.debug",
                              "virtdeb.commands.cpu_check", "virtdeb.commands.cpu_baseline"]
-# The subcommands defined here; for these the modules above are not imported
-# (they cost start-up time that doctor, run by scripts, should not pay).
+# The subcommands defined here.  A run imports only the module of its own subcommand
+# (``cpu-check``: virtdeb.commands.cpu_check), none for these: start-up time that doctor,
+# run by scripts, and cpu-check on a thousand domains should not pay.
 OWN_COMMANDS = ("doctor", "apply", "revert")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -86,8 +87,8 @@ def cmd_revert(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
-    """The parser; ``extra=False`` leaves out the subcommands of EXTRA_COMMANDS."""
+def build_parser(extra: Sequence[str] = EXTRA_COMMANDS) -> argparse.ArgumentParser:
+    """The parser, with the subcommands of the ``extra`` modules (of EXTRA_COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="virtdeb", description="Set up a libvirt host the way README.Debian asks.")
     parser.add_argument("--version", action="version", version=f"virtdeb {__version__}")
@@ -118,7 +119,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
     p.set_defaults(func=cmd_revert)
 
-    for module in EXTRA_COMMANDS if extra else ():
+    for module in extra:
         importlib.import_module(module).add_parser(sub)
     return parser
 
@@ -131,9 +132,18 @@ def _command(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _modules_for(command: str | None) -> list[str]:
+    """The modules of EXTRA_COMMANDS a run of ``command`` needs: none for the commands
+    defined here, the command's own, or all of them (--help, an unknown command)."""
+    if command in OWN_COMMANDS:
+        return []
+    own = f"virtdeb.commands.{(command or '').replace('-', '_')}"
+    return [own] if own in EXTRA_COMMANDS else EXTRA_COMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(extra=_command(argv) not in OWN_COMMANDS)
+    parser = build_parser(_modules_for(_command(argv)))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage
