@@ -35,12 +35,25 @@ json.dump({"code": code, "modules": sorted(sys.modules)}, sys.stderr)
 """
 
 
-def _doctor_modules(root: Path, *rules: str, uri: str = URI) -> tuple[int, set[str]]:
-    proc = subprocess.run([PY, "-c", PROBE, "doctor", "--root", str(root), "-c", uri, *rules],
-                          cwd=TOP, env={**CLEAN_ENV, "PYTHONPATH": str(TOP)},
+def _modules(*argv: str) -> tuple[int, set[str]]:
+    """The exit code of ``virtdeb ARGV`` and the modules it imported."""
+    proc = subprocess.run([PY, "-c", PROBE, *argv], cwd=TOP,
+                          env={**CLEAN_ENV, "PYTHONPATH": str(TOP)},
                           capture_output=True, text=True, check=False, timeout=60)
     result = json.loads(proc.stderr.splitlines()[-1])
     return result["code"], set(result["modules"])
+
+
+def _doctor_modules(root: Path, *rules: str, uri: str = URI) -> tuple[int, set[str]]:
+    return _modules("doctor", "--root", str(root), "-c", uri, *rules)
+
+
+def test_a_subcommand_imports_no_other_subcommand(tmp_path: Path) -> None:
+    code, modules = _modules("cpu-check", "--root", str(tmp_path), "-c", URI)
+    assert code == 0  # test:///default: no custom CPU model to compare
+    assert "virtdeb.commands.cpu_check" in modules
+    assert {m for m in modules if m.startswith("virtdeb.commands.")} == {
+        "virtdeb.commands.cpu_check", "virtdeb.commands.options"}
 
 
 def test_doctor_imports_only_what_its_rules_need(tmp_path: Path) -> None:
