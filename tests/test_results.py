@@ -24,7 +24,8 @@ DOC = TOP / "docs/results.md"
 CASE = TOP / "tests/cases/dnsmasq/new-dropin/in"
 TYPES: dict[str, tuple[type, ...]] = {
     "integer": (int,), "string": (str,), "boolean": (bool,), "string or null": (str, type(None)),
-    "list of change": (list,), "list of refusal": (list,), "error": (dict,)}
+    "list of change": (list,), "list of refusal": (list,), "error": (dict,),
+    "list of string": (list,)}
 
 pytestmark = pytest.mark.skipif(not DOC.is_file(), reason="needs the source tree's docs/")
 
@@ -72,8 +73,8 @@ def root(tmp_path: Path) -> Path:
     return tmp_path / "root"
 
 
-def test_the_documentation_has_the_four_tables() -> None:
-    assert set(tables()) == {"The result", "A change", "A refusal", "An error"}
+def test_the_documentation_has_its_tables() -> None:
+    assert set(tables()) == {"The result", "A change", "A refusal", "An error", "The journal"}
 
 
 def test_apply_dry_run_revert_and_failure_print_the_documented_result(
@@ -100,6 +101,13 @@ def test_apply_dry_run_revert_and_failure_print_the_documented_result(
         c["note"] for c in undone["changes"]]
     assert not (root / "etc/dnsmasq.d/00_libvirtd.conf").exists()
     check_result(undone)
+
+    code, listed = run(capsys, "revert", "--list", "--json", "--root", str(root))
+    assert code == 0 and listed["schema"] == 1 and set(listed) == {"schema", "entries"}
+    assert [e["id"] for e in listed["entries"]] == [done["journal"]]
+    assert listed["entries"][0]["status"] == "reverted"
+    for entry in listed["entries"]:
+        conforms(entry, tables()["The journal"])
 
     code, failed = run(capsys, "apply", "--json", "--root", str(root), "nosuchrule")
     assert code == 2 and failed["error"]["name"] == "usage" and not failed["changed"]

@@ -23,7 +23,7 @@ from virtdeb.commands.options import (
     show_and_apply,
 )
 from virtdeb.errors import VirtdebError
-from virtdeb.outcome import Outcome
+from virtdeb.outcome import SCHEMA, Outcome
 from virtdeb.rules import ORDER, Status, select
 
 log = logging.getLogger("virtdeb")
@@ -70,6 +70,11 @@ def cmd_revert(args: argparse.Namespace) -> int:
     journal = Journal(host)
     if args.list:
         entries = journal.entries()
+        if args.json:
+            print_json({"schema": SCHEMA, "entries": [
+                {"id": e.id, "status": e.status, "command": e.command, "targets": e.targets()}
+                for e in entries]})
+            return 0
         if not entries:
             print("the journal is empty")
         for e in entries:
