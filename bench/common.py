@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -49,3 +50,24 @@ def ratio_line(name: str, subject: str, t_subject: float, anchor: str, t_anchor:
 
 def runs() -> int:
     return int(os.environ.get("BENCH_RUNS", "7"))
+
+
+def paired_medians(commands: Sequence[Sequence[str]], runs: int,
+                   env: dict[str, str] | None = None) -> list[float]:
+    """The median wall time of each whole process, the commands taking turns run by run
+    (so that a burst of load on a shared machine hits them alike)."""
+    times: list[list[float]] = [[] for _ in commands]
+    for _ in range(runs):
+        for i, argv in enumerate(commands):
+            start = time.perf_counter()
+            subprocess.run(list(argv), capture_output=True, env=env or ENV, check=False)
+            times[i].append(time.perf_counter() - start)
+    return [statistics.median(t) for t in times]
+
+
+RATIO = "RATIO"  # run_all.py repeats the lines that start with it at the end
+
+
+def ratio(name: str, value: float, goal: str, detail: str) -> str:
+    """The one line of a headline ratio: ``RATIO name: value (goal ...; detail)``."""
+    return f"{RATIO} {name}: {value:.2f}x (goal {goal}; {detail})"

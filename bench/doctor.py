@@ -18,6 +18,10 @@ start included), and the checks alone inside one process after the imports
 (what a long-running caller pays).  Goal: doctor at least 10 times faster than
 augtool's full load.  virtdeb's modules are byte-compiled first, as an
 installed package's are.
+
+And the start-up: `virtdeb doctor` on this host (root /, qemu:///system) against
+`virt-host-validate qemu`, both whole processes, medians of paired runs.  Goal: doctor
+within 3 times virt-host-validate's time.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import PY, TOP, best, command, ratio_line, runs
+from common import PY, TOP, best, command, paired_medians, ratio, ratio_line, runs
 
 from tests.harness import faults as fl
 
@@ -56,7 +60,20 @@ def main() -> int:
         print(f"doctor: file rules (plan a file change on either root): {' '.join(rules)}")
         for label, root in roots:
             bench(label, root, rules)
+    startup()
     return 0
+
+
+def startup(count: int = 15) -> None:
+    """virtdeb doctor against virt-host-validate qemu, on this host as it is."""
+    if shutil.which("virt-host-validate") is None:
+        print("doctor: virt-host-validate missing (libvirt-clients): no start-up ratio")
+        return
+    doctor, validate = paired_medians([[PY, "-m", "virtdeb", "doctor"],
+                                       ["virt-host-validate", "qemu"]], count)
+    print(ratio("virtdeb doctor / virt-host-validate qemu", doctor / validate, "<= 3x",
+                f"{doctor * 1000:.1f} ms vs {validate * 1000:.1f} ms, medians of {count}"
+                " paired runs on this host"))
 
 
 def bench(label: str, root: Path, rules: list[str]) -> None:

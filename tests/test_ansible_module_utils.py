@@ -1,29 +1,28 @@
-"""The Ansible module reads virtdeb's own closing lines: the two must stay in step.
+"""The Ansible module reads virtdeb's JSON result (docs/results.md): the two must stay in
+step.
 
-ansible/plugins/module_utils/virtdeb.py parses what ``show_and_apply`` (the one way every
-subcommand makes changes) prints; here the real function prints, on a scratch root, and
-the module's parser reads it. The fleet test (tests/test_fleet.py) runs the module for
-real over SSH.
+Here the real command prints its result on a scratch root and the module's helpers
+(ansible/plugins/module_utils/virtdeb.py) read it. The fleet test (tests/test_fleet.py)
+runs the module for real over SSH.
 """
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
-import io
+import shutil
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-from virtdeb.commands.options import show_and_apply
-from virtdeb.effects.file import FileChange
-from virtdeb.host import Host
+from virtdeb import cli
 
 # the collection is in the source tree, not in the package: not for autopkgtest's unit run
 pytestmark = pytest.mark.integration
 
-MODULE_UTILS = Path(__file__).resolve().parent.parent / "ansible/plugins/module_utils/virtdeb.py"
+TOP = Path(__file__).resolve().parent.parent
+MODULE_UTILS = TOP / "ansible/plugins/module_utils/virtdeb.py"
+CASE = TOP / "tests/cases/dnsmasq/new-dropin/in"
 
 
 def _module_utils() -> ModuleType:
@@ -34,43 +33,69 @@ def _module_utils() -> ModuleType:
     return mod
 
 
-def _printed(host: Host, changes: list[FileChange], dry_run: bool) -> str:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        show_and_apply(host, changes, "apply test", dry_run=dry_run, unchanged="all set")
-    return out.getvalue()
+@pytest.fixture
+def mu() -> ModuleType:
+    return _module_utils()
 
 
-def test_parse_what_show_and_apply_prints(tmp_path: Path) -> None:
-    mu = _module_utils()
-    host = Host(root=tmp_path)
-    change = FileChange(rule="bridge", target="/etc/qemu/bridge.conf", before=None,
-                        after=b"allow br0\n")
-
-    assert mu.parse_apply(_printed(host, [], dry_run=False)) == (0, None, "")
-
-    n, journal_id, diff = mu.parse_apply(_printed(host, [change], dry_run=True))
-    assert (n, journal_id) == (1, None)
-    assert diff == change.diff() and "+allow br0" in diff
-    assert not (tmp_path / "etc/qemu/bridge.conf").exists()
-
-    n, journal_id, diff = mu.parse_apply(_printed(host, [change], dry_run=False))
-    assert n == 1 and journal_id and (tmp_path / "var/lib/virtdeb/journal"
-                                      / f"{journal_id}.json").exists()
-    assert diff == change.diff()
-    assert (tmp_path / "etc/qemu/bridge.conf").read_bytes() == b"allow br0\n"
+def _printed(capsys: pytest.CaptureFixture[str], mu: ModuleType, root: Path,
+             dry_run: bool, rule: str = "dnsmasq") -> tuple[int, str]:
+    """What the module's command line makes virtdeb print (run in this process)."""
+    argv = mu.apply_argv("virtdeb", {"rules": [rule], "root": str(root)}, dry_run)
+    code = cli.main(argv[1:])
+    return code, capsys.readouterr().out
 
 
-def test_unknown_output_is_an_error() -> None:
-    mu = _module_utils()
-    with pytest.raises(mu.VirtdebOutputError, match="none of its closing lines"):
-        mu.parse_apply("Traceback (most recent call last):\n")
+def test_reads_what_virtdeb_apply_json_prints(tmp_path: Path, mu: ModuleType,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(CASE, root, symlinks=True)
+
+    code, out = _printed(capsys, mu, root, dry_run=True)
+    check = mu.summarise(mu.parse_result(out))
+    assert code == 0 and check["changed"] and check["changes"] > 0  # would change
+    assert "journal_id" not in check and "+interface=lo" in check["diff"]
+    assert not (root / "etc/dnsmasq.d/00_libvirtd.conf").exists()
+
+    code, out = _printed(capsys, mu, root, dry_run=False)
+    done = mu.summarise(mu.parse_result(out))
+    assert code == 0 and done["changed"] and done["changes"] == check["changes"]
+    assert (root / "var/lib/virtdeb/journal" / f"{done['journal_id']}.json").is_file()
+    assert done["diff"] == check["diff"] and done["refused"] == []
+
+    code, out = _printed(capsys, mu, root, dry_run=False)
+    again = mu.summarise(mu.parse_result(out))
+    assert code == 0 and not again["changed"] and again["changes"] == 0
+    assert "journal_id" not in again
 
 
-def test_argv() -> None:
-    mu = _module_utils()
+def test_a_failure_is_read_with_its_message(tmp_path: Path, mu: ModuleType,
+                                            capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = _printed(capsys, mu, tmp_path, dry_run=False, rule="nosuchrule")
+    failed = mu.summarise(mu.parse_result(out))
+    assert code == 2 and not failed["changed"]
+    assert failed["error"].startswith("unknown rule 'nosuchrule'")
+
+
+def test_output_that_is_not_a_result_is_an_error(mu: ModuleType) -> None:
+    with pytest.raises(mu.VirtdebOutputError, match="no JSON result"):
+        mu.parse_result("Traceback (most recent call last):\n")
+    with pytest.raises(mu.VirtdebOutputError, match="schema 2; this module reads schema 1"):
+        mu.parse_result('{"schema": 2, "changed": true}')
+    with pytest.raises(mu.VirtdebOutputError, match="schema None"):
+        mu.parse_result("[]")
+
+
+def test_a_host_without_virtdeb_gets_a_clear_message(tmp_path: Path, mu: ModuleType) -> None:
+    message = mu.missing(str(tmp_path / "usr/bin/virtdeb"))
+    assert message.startswith(f"{tmp_path}/usr/bin/virtdeb not found: virtdeb is not installed")
+    (tmp_path / "virtdeb").write_text("")
+    assert mu.missing(str(tmp_path / "virtdeb")) is None
+
+
+def test_argv(mu: ModuleType) -> None:
     params = {"rules": ["bridge", "ssh"], "root": "/", "connect": None,
               "settings": {"bridge.allow": "br0 br1"}}
     assert mu.apply_argv("/usr/bin/virtdeb", params, dry_run=True) == [
-        "/usr/bin/virtdeb", "apply", "--root", "/", "--set", "bridge.allow=br0 br1",
+        "/usr/bin/virtdeb", "apply", "--json", "--root", "/", "--set", "bridge.allow=br0 br1",
         "--dry-run", "--", "bridge", "ssh"]

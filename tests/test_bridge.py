@@ -189,9 +189,10 @@ def test_bridge_conf_change_needs_consent_in_maint(tmp_path: Path) -> None:
     host = make_root(tmp_path, conf="allow br9\n")
     conf_change = [c for c in Bridge(host).plan() if c.target == CONF]
     assert conf_change and conf_change[0].foreign
-    assert not maint.allowed(host, conf_change[0])
+    assert maint.refusal(host, conf_change[0]) == \
+        "another package's file; allow it with dpkg-reconfigure virtdeb"
     consenting = Host(root=host.root, overrides={"virtdeb.allow_edit": "bridge.conf"})
-    assert maint.allowed(consenting, conf_change[0])
+    assert maint.refusal(consenting, conf_change[0]) is None
 
 
 def test_unparsable_bridge_conf(tmp_path: Path) -> None:

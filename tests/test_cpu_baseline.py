@@ -27,7 +27,7 @@ from virtdeb.errors import LibvirtError
 
 DATA = Path(__file__).parent / "data" / "fleet"
 # libvirt 9.0.0's words for a CPU that needs TSX on a host without it (compareHypervisorCPU,
-# FAIL_INCOMPATIBLE), as seen on this machine kind (DESIGN.md §3)
+# FAIL_INCOMPATIBLE), as seen on the AMD EPYC machines these tests were written on
 NO_TSX = ("the CPU is incompatible with host CPU: Host CPU does not provide required"
           " features: hle, rtm")
 RANK: dict[str, int] = json.loads((DATA / "model-features.json").read_text())
@@ -233,6 +233,18 @@ def test_parallel_raises_a_bug() -> None:
 def test_labels() -> None:
     assert b.labels(["x"] * 28)[:3] == ["A", "B", "C"]
     assert b.labels(["x"] * 28)[26:] == ["AA", "AB"]
+
+
+@pytest.mark.parametrize("command", ["cpu-baseline", "cpu-check"])
+def test_domain_takes_one_name_and_repeats(command: str) -> None:
+    """--domain NAME once per domain: the words after it stay URIs (cpu-baseline)."""
+    argv = [command, "--domain", "web1", "--domain", "db", "qemu:///system"]
+    if command == "cpu-check":
+        argv.pop()
+    args = cli.build_parser().parse_args(argv)
+    assert args.domain == ["web1", "db"]
+    assert getattr(args, "uris", ["qemu:///system"]) == ["qemu:///system"]
+    assert cli.build_parser().parse_args([command]).domain == []
 
 
 def test_cli_refuses_a_bad_timeout(capsys: pytest.CaptureFixture[str]) -> None:

@@ -268,8 +268,9 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     # on host B itself: the microcode trigger's check and rule cpu use the saved baseline
     on_b = VHost(root=tmp_path, uri=b.uri)
     try:
-        report = microcode.check_and_report(on_b, "microcode-update", fix=False)
-        assert report is not None and report["fleet"] is not None
+        checked = microcode.check_and_report(on_b, "microcode-update", fix=False)
+        assert checked is not None and checked.report["fleet"] is not None
+        report = checked.report
         problems = report["fleet"]["problems"]
         print("\n".join(problems))
         assert "this host no longer gives the fleet's CPU baseline saved" in problems[0]
@@ -349,7 +350,7 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
 def test_save_while_another_virtdeb_holds_the_lock_is_busy_and_saves_nothing(
         hosts: list[Host], tmp_path: Path) -> None:
     a = hosts[0]
-    with lock.hold(VHost(root=tmp_path), "test holder"):
+    with lock.hold(VHost(root=tmp_path).path(lock.LOCK), "test holder"):
         proc = run(tmp_path, "--save", "--wait", "0.3", a.uri)
         show(proc)
         assert proc.returncode == lock.BUSY_EXIT, proc.stdout + proc.stderr

@@ -10,8 +10,10 @@ import pytest
 
 from virtdeb import maint
 from virtdeb.cpu import fix, microcode
+from virtdeb.cpu import state as cpu_state
 from virtdeb.cpu import xml as cpuxml
 from virtdeb.host import Host
+from virtdeb.outcome import apply
 from virtdeb.rules import Status
 from virtdeb.rules.cpu import Cpu
 
@@ -37,6 +39,12 @@ def root(tmp_path: Path) -> Path:
 
 def state(root: Path, abspath: str) -> Path:
     return root / abspath.lstrip("/")
+
+
+def trigger(host: Host) -> None:
+    """What maint does when intel-ucode changes: plan, then apply as one journal entry."""
+    apply(host, microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"]),
+          "test trigger")
 
 
 def test_trigger_writes_marker_and_baseline(root: Path) -> None:
@@ -65,15 +73,15 @@ def test_boot_consumes_marker(root: Path) -> None:
 
 def test_boot_without_marker_or_change_does_nothing(root: Path) -> None:
     host = Host(root=root, uri=NO_DAEMON)
-    assert microcode.boot(host) == 0
-    assert not state(root, microcode.STATE).exists()
+    assert microcode.boot(host) == []
+    assert not state(root, cpu_state.STATE).exists()
 
 
 def test_boot_keeps_marker_when_libvirt_unreachable(root: Path) -> None:
     (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = warn\n")
     host = Host(root=root, uri=NO_DAEMON)
-    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
-    assert microcode.boot(Host(root=root, uri=NO_DAEMON)) == 0
+    trigger(host)
+    apply(host, microcode.boot(Host(root=root, uri=NO_DAEMON)), "test boot")
     assert state(root, microcode.MARKER).exists()  # retried at the next boot
     assert not state(root, microcode.LAST_REPORT).exists()
 
@@ -81,10 +89,10 @@ def test_boot_keeps_marker_when_libvirt_unreachable(root: Path) -> None:
 def test_boot_notices_changed_features_without_marker(root: Path) -> None:
     (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = warn\n")
     host = Host(root=root, uri=NO_DAEMON)
-    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    trigger(host)
     state(root, microcode.MARKER).unlink()
     before = state(root, microcode.BASELINE).read_bytes()
-    assert microcode.boot(Host(root=root, uri=NO_DAEMON)) == 0
+    apply(host, microcode.boot(Host(root=root, uri=NO_DAEMON)), "test boot")
     assert state(root, microcode.BASELINE).read_bytes() == before  # unchanged: nothing done
     (root / "proc/cpuinfo").write_text(CPUINFO.replace(" rtm", ""))
     assert microcode.features_differ(json.loads(before),
@@ -93,7 +101,7 @@ def test_boot_notices_changed_features_without_marker(root: Path) -> None:
 
 def test_doctor_warns_without_libvirt_and_shows_state(root: Path) -> None:
     host = Host(root=root, uri=NO_DAEMON)
-    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    trigger(host)
     findings = Cpu(Host(root=root, uri=NO_DAEMON)).check()
     assert findings[0].status is Status.WARN
     assert findings[0].message.startswith("cannot compare the domains' CPUs")
@@ -183,10 +191,23 @@ def test_state_files_are_journaled_and_revert(root: Path) -> None:
     from virtdeb.journal import Journal
 
     host = Host(root=root, uri=NO_DAEMON)
-    microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+    trigger(host)
     journal = Journal(host)
     [entry] = journal.entries()
     assert entry.targets() == [microcode.BASELINE, microcode.MARKER]
     journal.revert(entry.id)
     assert not state(root, microcode.MARKER).exists()
     assert not state(root, microcode.BASELINE).exists()
+
+
+def test_maint_rewrites_a_domain_only_when_the_policy_says_fix(root: Path) -> None:
+    """A domain's definition is the administrator's: the boot check's fixes are made only
+    with [cpu] on_microcode = fix, and otherwise refused with the reason."""
+    from virtdeb.effects.domain import DomainXMLChange
+
+    fix_web = DomainXMLChange(rule="cpu", target="domain web", uuid="u", before=DOM,
+                              after=DOM.replace("require", "disable"))
+    reason = maint.refusal(Host(root=root), fix_web)  # the fixture says nothing
+    assert reason is not None and "on_microcode = fix" in reason
+    (root / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
+    assert maint.refusal(Host(root=root), fix_web) is None

@@ -25,7 +25,7 @@ import pytest
 
 from tests.harness import cpucaps
 from tests.harness.libvirtd import PrivateLibvirtd
-from virtdeb import cli
+from virtdeb import cli, maint
 from virtdeb.cpu import STRATEGIES, microcode
 from virtdeb.host import Host
 from virtdeb.rules import Status
@@ -146,7 +146,7 @@ def test_text_report_and_domain_filter(libvirtd: Any, domains: dict[str, Any],
                                        missing: list[str], tmp_path: Path,
                                        capsys: pytest.CaptureFixture[str]) -> None:
     code, out = run_cli(capsys, "cpu-check", "--connect", libvirtd.uri, "--root", str(tmp_path),
-                        "--domain", "tsx", "fits")
+                        "--domain", "tsx", "--domain", "fits")
     assert code == 1
     assert "tsx (shut off, " in out and "INCOMPATIBLE: missing features: " in out
     assert all(f in out for f in missing)
@@ -257,7 +257,8 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     (tmp_path / "etc/virtdeb/virtdeb.conf").write_text("[cpu]\non_microcode = fix\n")
     host = Host(root=tmp_path, uri=libvirtd.uri)
     with caplog.at_level(logging.WARNING, logger="virtdeb"):
-        microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+        changes = microcode.microcode_triggered(host, ["/usr/lib/firmware/intel-ucode"])
+        maint.applied(host, changes, "triggered", "cpu")
     # the trigger's lines are cpu-check's: one per CPU definition
     logged = [r.getMessage() for r in caplog.records]
     assert len([m for m in logged if m.startswith("cpu: tsx, tsx-twin (2 domains, ")]) == 1, logged
@@ -266,7 +267,7 @@ def test_boot_after_microcode_fixes_when_configured(libvirtd: Any, domains: dict
     assert marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert report["broken"] == 3 and report["fixed"] == []  # trigger time: report only
-    assert microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)) == 0
+    maint.applied(host, microcode.boot(Host(root=tmp_path, uri=libvirtd.uri)), "boot", "cpu")
     assert not marker.exists()
     report = json.loads((tmp_path / microcode.LAST_REPORT.lstrip("/")).read_text())
     assert sorted(report["fixed"]) == ["foreign", "tsx", "tsx-twin"]

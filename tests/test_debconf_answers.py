@@ -117,3 +117,27 @@ def test_read_answers_through_a_real_debconf_frontend(tmp_path: Path) -> None:
     assert answers["cpu.on_microcode"] == "fix"
     assert answers["virtdeb.allow_edit"] == "bridge.conf qemu.conf"
     assert answers["xend.http_server"] == "no"  # the template's default
+
+
+def test_answers_and_their_checksum_are_one_journal_entry(tmp_path: Path) -> None:
+    """conf.sha256 (what debian/config compares virtdeb.conf with) is written with the
+    answers it belongs to, in the same journal entry: one revert undoes both."""
+    import hashlib
+
+    from virtdeb import maint
+    from virtdeb.debconf_answers import save_changes
+    from virtdeb.host import Host
+    from virtdeb.journal import Journal
+
+    host = Host(root=tmp_path)
+    changes = save_changes(host, {"bridge.allow": "br0"})
+    done = maint.applied(host, changes + maint.synced_changes(host, changes), "test", "config")
+    conf = (tmp_path / "etc/virtdeb/virtdeb.conf").read_bytes()
+    synced = tmp_path / maint.SYNCED.lstrip("/")
+    assert synced.read_text() == hashlib.sha256(conf).hexdigest() + "\n"
+    [entry] = Journal(host).entries()
+    assert entry.id == done.journal
+    assert entry.targets() == ["/etc/virtdeb/virtdeb.conf", maint.SYNCED]
+    assert maint.synced_changes(host, []) == []  # in step: nothing to write
+    Journal(host).revert(entry.id)
+    assert not synced.exists() and not (tmp_path / "etc/virtdeb/virtdeb.conf").exists()

@@ -1,4 +1,4 @@
-"""A FIFO where virtdeb reads a file must not hang it (issue 12).
+"""A FIFO where virtdeb reads a file must not hang it.
 
 Opening a FIFO for reading waits for a writer: every read of a host file goes
 through the one reader (fsio.read_bytes: O_NONBLOCK, regular files only).  For

@@ -1,6 +1,8 @@
-"""The house rules of the layout (issue 12, DESIGN.md section 2), checked on the source:
+"""The house rules of the layout (docs/ARCHITECTURE.md, "House rules"), checked on the
+source:
 
-- the rules' declarations (triggers, settings and their debconf questions) are what
+- no import cycle among the modules of virtdeb/, imports inside functions included;
+- the declarations (triggers, settings and their debconf questions) are what
   debian/triggers and debian/templates declare;
 - no module of virtdeb/ is over 450 lines; every Change kind is defined in
   virtdeb/effects/; the journal imports no rule; nothing but __main__ imports cli;
@@ -12,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import re
 from pathlib import Path
 
@@ -47,6 +50,85 @@ def imported(tree: ast.Module) -> set[str]:
             out.add(node.module)
             out.update(f"{node.module}.{a.name}" for a in node.names)
     return out
+
+
+def module_name(path: Path) -> str:
+    """``virtdeb.cpu.fix`` of virtdeb/cpu/fix.py; ``virtdeb.cpu`` of its __init__.py."""
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imported_names(node: ast.Import | ast.ImportFrom, here: str, package: bool) -> list[str]:
+    """The dotted names one import statement may load, relative imports resolved."""
+    if isinstance(node, ast.Import):
+        return [a.name for a in node.names]
+    base = node.module or ""
+    if node.level:
+        parts = here.split(".")
+        keep = len(parts) - node.level + (1 if package else 0)
+        base = ".".join(parts[:keep] + ([node.module] if node.module else []))
+    return [base, *(f"{base}.{a.name}" for a in node.names)]
+
+
+def import_graph() -> dict[str, set[str]]:
+    """virtdeb module -> the virtdeb modules it imports, anywhere in the file (inside
+    functions and ``if TYPE_CHECKING:`` too)."""
+    paths = {module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+    graph: dict[str, set[str]] = {}
+    for name, path in paths.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        package = path.name == "__init__.py"
+        found: set[str] = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                found.update(n for n in _imported_names(node, name, package) if n in paths)
+        graph[name] = found - {name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import cycle as ``[a, b, ..., a]``, or None (depth-first, three colours)."""
+    done: set[str] = set()
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        stack.append(node)
+        for nxt in sorted(graph[node]):
+            if nxt in stack:
+                return [*stack[stack.index(nxt):], nxt]
+            if nxt not in done:
+                cycle = visit(nxt)
+                if cycle:
+                    return cycle
+        stack.pop()
+        done.add(node)
+        return None
+
+    for start in sorted(graph):
+        if start not in done:
+            cycle = visit(start)
+            if cycle:
+                return cycle
+    return None
+
+
+def test_find_cycle_names_the_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert find_cycle(graph) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set()}) is None
+    tree = ast.parse("from . import fix\nfrom ..host import Host\n")
+    nodes = [n for n in tree.body if isinstance(n, ast.ImportFrom)]
+    assert _imported_names(nodes[0], "virtdeb.cpu.drift", False)[1] == "virtdeb.cpu.fix"
+    assert _imported_names(nodes[1], "virtdeb.cpu", True)[0] == "virtdeb.host"
+
+
+def test_no_import_cycle() -> None:
+    """A cycle hides behind an import inside a function; break it with a leaf module
+    (see docs/ARCHITECTURE.md) instead of moving the import."""
+    graph = import_graph()
+    assert "virtdeb.config" in graph and "virtdeb.host" in graph["virtdeb.journal"]
+    cycle = find_cycle(graph)
+    assert cycle is None, "import cycle: " + " -> ".join(cycle or [])
 
 
 # -- the declarations against debian/ --------------------------------------------------
@@ -191,3 +273,42 @@ def test_editor_last_and_ensure(tmp_path: Path) -> None:
     assert ed.change is not None and ed.change.after == (
         b'log_level = 2\n#log_filters = "x"\nlog_outputs = "1:stderr"\nlog_level = 2\n'
         b'log_filters = "1:qemu"\n')
+
+
+def test_one_path_applies_changes() -> None:
+    """Every change is made by virtdeb.outcome.apply (one journal entry under the lock);
+    no engine or command calls the journal's apply itself."""
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path.name in ("outcome.py", "journal.py"):
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if re.search(r"Journal\([^)]*\)\.apply\(|\bjournal\.apply\(", line):
+                found.append(f"{path.relative_to(PACKAGE)}:{number}: {line.strip()}")
+    assert found == []
+
+
+@source_tree
+def test_pointers_stay_in_the_tree() -> None:
+    """README.md and this file point to docs/ARCHITECTURE.md; no tracked file cites a
+    document outside the tree or an issue number a reader cannot look up."""
+    assert (TOP / "docs/ARCHITECTURE.md").is_file()
+    assert "docs/ARCHITECTURE.md" in (TOP / "README.md").read_text(encoding="utf-8")
+    assert "docs/ARCHITECTURE.md" in (__doc__ or "")
+    outside = re.compile("DESIGN" + r"\.md|\bissues? #?\d+|\(#\d+\)", re.I)
+    found = []
+    for path in source_files():
+        text = path.read_bytes().decode("utf-8", "replace")
+        found += [f"{path.relative_to(TOP)}:{n}" for n, line in enumerate(text.splitlines(), 1)
+                  if outside.search(line)]
+    assert found == []
+
+
+def source_files() -> list[Path]:
+    """The tree's files: no hidden or build directory, no symlink followed."""
+    out = []
+    for top, dirs, files in os.walk(TOP):
+        dirs[:] = sorted(d for d in dirs if not d.startswith((".", "__pycache__"))
+                         and d != "build")
+        out += [Path(top, f) for f in sorted(files) if not f.endswith((".pyc", ".deb"))]
+    return out

@@ -173,7 +173,7 @@ def test_busy_names_the_holder_and_changes_nothing(tmp_path: Path) -> None:
     root = make_root(tmp_path)
     original = snapshot(root)
     host = Host(root=root, uri=URI)
-    with lock.hold(host, "test holder"):
+    with lock.hold(host.path(lock.LOCK), "test holder"):
         snap = snapshot(root)
         proc = virtdeb(root, "apply", "--connect", URI, "--wait", "0.5", "bridge")
         code, out, err = proc.wait(timeout=60), *proc.communicate()
@@ -199,7 +199,7 @@ def test_busy_names_the_holder_and_changes_nothing(tmp_path: Path) -> None:
 
 def test_a_waiting_virtdeb_goes_on_when_the_holder_is_done(tmp_path: Path) -> None:
     root = make_root(tmp_path)
-    with lock.hold(Host(root=root), "test holder"):
+    with lock.hold(Host(root=root).path(lock.LOCK), "test holder"):
         proc = virtdeb(root, "apply", "--connect", URI, "--wait", "60", "bridge",
                        "--set", "bridge.allow=br7")
         time.sleep(1.5)
@@ -217,7 +217,7 @@ def test_revert_and_dry_run_and_doctor(tmp_path: Path) -> None:
                            "--set", "bridge.allow=br1", "bridge"], cwd=TOP, env=ENV,
                           capture_output=True, text=True, check=False)
     assert done.returncode == 0, done.stderr
-    with lock.hold(Host(root=root), "test holder"):
+    with lock.hold(Host(root=root).path(lock.LOCK), "test holder"):
         start = time.monotonic()
         readers = [virtdeb(root, "apply", "--connect", URI, "--dry-run", "bridge",
                            "--set", "bridge.allow=br2"),
@@ -236,7 +236,7 @@ def test_a_trigger_run_by_the_holder_does_not_wait_for_it(tmp_path: Path) -> Non
     """The nested case: a command the holder runs (dpkg, and its trigger) carries the token."""
     root = make_root(tmp_path, "[virtdeb]\nallow_edit = bridge.conf\n[bridge]\nallow = br0\n")
     host = Host(root=root, uri=URI)
-    with lock.hold(host, "virtdeb apply (test)"):
+    with lock.hold(host.path(lock.LOCK), "virtdeb apply (test)"):
         start = time.monotonic()
         proc = host.run([PY, CHILD, "maint", str(root), URI, "triggered", TRIGGER],
                         check=False)

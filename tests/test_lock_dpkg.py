@@ -69,7 +69,7 @@ def run_case(case: str) -> dict[str, object]:
         if case == "free":
             proc = host.run(argv, check=False)
         else:
-            with lock.hold(host, "virtdeb apply (test holder)"):
+            with lock.hold(host.path(lock.LOCK), "virtdeb apply (test holder)"):
                 if case == "nested":
                     proc = host.run(argv, check=False)
                 else:  # control: no token, a short wait

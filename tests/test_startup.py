@@ -16,11 +16,12 @@ import pytest
 from tests.harness.faults import CLEAN_ENV, PY, TOP, URI, build_root
 from virtdeb import cli
 from virtdeb.errors import UsageError
+from virtdeb.host import DEFAULT_URI, system_daemon
 from virtdeb.rules import select
 
-# Imported by `virtdeb doctor xend` before this work, needed by none of its steps.  (Every
-# rule module is imported, for its declarations (config's schema); they import their
-# engines, the journal and the effects that talk to libvirt where they use them.)
+# Imported by `virtdeb doctor xend` once, needed by none of its steps.  (Rule modules
+# import their engines, the journal and the effects that talk to libvirt where they use
+# them.)
 NOT_FOR_DOCTOR = ("virtdeb.commands.acl", "virtdeb.commands.debug", "virtdeb.commands.cpu_check",
                   "virtdeb.cpu.compare", "virtdeb.cpu.microcode", "virtdeb.effects.domain",
                   "virtdeb.journal", "libvirt", "difflib", "uuid")
@@ -34,12 +35,25 @@ json.dump({"code": code, "modules": sorted(sys.modules)}, sys.stderr)
 """
 
 
-def _doctor_modules(root: Path, *rules: str) -> tuple[int, set[str]]:
-    proc = subprocess.run([PY, "-c", PROBE, "doctor", "--root", str(root), "-c", URI, *rules],
-                          cwd=TOP, env={**CLEAN_ENV, "PYTHONPATH": str(TOP)},
+def _modules(*argv: str) -> tuple[int, set[str]]:
+    """The exit code of ``virtdeb ARGV`` and the modules it imported."""
+    proc = subprocess.run([PY, "-c", PROBE, *argv], cwd=TOP,
+                          env={**CLEAN_ENV, "PYTHONPATH": str(TOP)},
                           capture_output=True, text=True, check=False, timeout=60)
     result = json.loads(proc.stderr.splitlines()[-1])
     return result["code"], set(result["modules"])
+
+
+def _doctor_modules(root: Path, *rules: str, uri: str = URI) -> tuple[int, set[str]]:
+    return _modules("doctor", "--root", str(root), "-c", uri, *rules)
+
+
+def test_a_subcommand_imports_no_other_subcommand(tmp_path: Path) -> None:
+    code, modules = _modules("cpu-check", "--root", str(tmp_path), "-c", URI)
+    assert code == 0  # test:///default: no custom CPU model to compare
+    assert "virtdeb.commands.cpu_check" in modules
+    assert {m for m in modules if m.startswith("virtdeb.commands.")} == {
+        "virtdeb.commands.cpu_check", "virtdeb.commands.options"}
 
 
 def test_doctor_imports_only_what_its_rules_need(tmp_path: Path) -> None:
@@ -53,6 +67,16 @@ def test_doctor_without_rules_still_runs_every_rule(tmp_path: Path) -> None:
     code, modules = _doctor_modules(build_root(tmp_path / "root"))
     assert code in (0, 1)
     assert {"virtdeb.rules.cpu", "virtdeb.rules.network"} <= modules
+
+
+@pytest.mark.skipif(system_daemon(), reason="a libvirt daemon (or its socket) runs here")
+def test_doctor_on_a_host_at_rest_does_not_import_libvirt(tmp_path: Path) -> None:
+    """qemu:///system without a daemon socket: every rule that asks libvirt says it cannot
+    connect, and libvirt (about 18 ms) is never imported."""
+    code, modules = _doctor_modules(build_root(tmp_path / "root"), uri=DEFAULT_URI)
+    assert code in (0, 1)
+    assert {"virtdeb.rules.cpu", "virtdeb.rules.network"} <= modules
+    assert "libvirt" not in modules and "virtdeb.cpu.compare" not in modules
 
 
 @pytest.mark.parametrize("command", ["acl", "debug", "cpu-check"])

@@ -14,8 +14,16 @@ import sys
 from collections.abc import Callable, Sequence
 
 from virtdeb import __version__, report
-from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import (
+    add_host_options,
+    add_json_option,
+    host_from,
+    locked,
+    print_json,
+    show_and_apply,
+)
 from virtdeb.errors import VirtdebError
+from virtdeb.outcome import SCHEMA, Outcome
 from virtdeb.rules import ORDER, Status, select
 
 log = logging.getLogger("virtdeb")
@@ -24,8 +32,9 @@ log = logging.getLogger("virtdeb")
 # the parser's ``func`` default to a handler (args) -> int.
 EXTRA_COMMANDS: list[str] = ["virtdeb.commands.acl", "virtdeb.commands.debug",
                              "virtdeb.commands.cpu_check", "virtdeb.commands.cpu_baseline"]
-# The subcommands defined here; for these the modules above are not imported
-# (they cost start-up time that doctor, run by scripts, should not pay).
+# The subcommands defined here.  A run imports only the module of its own subcommand
+# (``cpu-check``: virtdeb.commands.cpu_check), none for these: start-up time that doctor,
+# run by scripts, and cpu-check on a thousand domains should not pay.
 OWN_COMMANDS = ("doctor", "apply", "revert")
 
 Handler = Callable[[argparse.Namespace], int]
@@ -50,7 +59,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     with locked(host, args):  # plan from the bytes on disk once no other virtdeb writes
         changes = [c for rule in rules for c in rule(host).plan()]
         show_and_apply(host, changes, f"apply {names}", dry_run=args.dry_run,
-                       unchanged=f"the host already matches ({names})")
+                       unchanged=f"the host already matches ({names})", as_json=args.json)
     return 0
 
 
@@ -61,6 +70,11 @@ def cmd_revert(args: argparse.Namespace) -> int:
     journal = Journal(host)
     if args.list:
         entries = journal.entries()
+        if args.json:
+            print_json({"schema": SCHEMA, "entries": [
+                {"id": e.id, "status": e.status, "command": e.command, "targets": e.targets()}
+                for e in entries]})
+            return 0
         if not entries:
             print("the journal is empty")
         for e in entries:
@@ -68,14 +82,18 @@ def cmd_revert(args: argparse.Namespace) -> int:
         return 0
     with locked(host, args, recover=False):
         entry, messages = journal.revert(args.id, connect=args.connect)
+    if args.json:
+        outcome = Outcome.of_revert(entry.id, f"revert {entry.id}", entry.records, messages)
+        print_json(outcome.as_json())
+        return 0
     for message in messages:
         print(message)
     print(f"reverted journal entry {entry.id} ({entry.command})")
     return 0
 
 
-def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
-    """The parser; ``extra=False`` leaves out the subcommands of EXTRA_COMMANDS."""
+def build_parser(extra: Sequence[str] = EXTRA_COMMANDS) -> argparse.ArgumentParser:
+    """The parser, with the subcommands of the ``extra`` modules (of EXTRA_COMMANDS)."""
     parser = argparse.ArgumentParser(
         prog="virtdeb", description="Set up a libvirt host the way README.Debian asks.")
     parser.add_argument("--version", action="version", version=f"virtdeb {__version__}")
@@ -94,6 +112,7 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
     add_host_options(p)
     p.add_argument("--dry-run", "-n", action="store_true",
                    help="show the changes as a diff, write nothing")
+    add_json_option(p)
     p.add_argument("rules", nargs="+", metavar="RULE", help=rules_help)
     p.set_defaults(func=cmd_apply)
 
@@ -101,10 +120,11 @@ def build_parser(*, extra: bool = True) -> argparse.ArgumentParser:
                        " libvirt changes on the URI they were made on (unless --connect)")
     add_host_options(p, config=False)
     p.add_argument("--list", action="store_true", help="list the journal")
+    add_json_option(p)
     p.add_argument("id", nargs="?", metavar="ID", help="journal entry (see --list)")
     p.set_defaults(func=cmd_revert)
 
-    for module in EXTRA_COMMANDS if extra else ():
+    for module in extra:
         importlib.import_module(module).add_parser(sub)
     return parser
 
@@ -117,9 +137,18 @@ def _command(argv: Sequence[str]) -> str | None:
     return next((a for a in argv if not a.startswith("-")), None)
 
 
+def _modules_for(command: str | None) -> list[str]:
+    """The modules of EXTRA_COMMANDS a run of ``command`` needs: none for the commands
+    defined here, the command's own, or all of them (--help, an unknown command)."""
+    if command in OWN_COMMANDS:
+        return []
+    own = f"virtdeb.commands.{(command or '').replace('-', '_')}"
+    return [own] if own in EXTRA_COMMANDS else EXTRA_COMMANDS
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = build_parser(extra=_command(argv) not in OWN_COMMANDS)
+    parser = build_parser(_modules_for(_command(argv)))
     try:
         args = parser.parse_args(argv)
     except SystemExit as exc:  # argparse: 0 for --help/--version, 2 for usage
@@ -130,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except VirtdebError as exc:
+        if getattr(args, "result_json", False) and args.json:  # say it to the program too
+            print_json(Outcome(" ".join(argv)).as_json()
+                       | {"error": {"name": exc.name, "message": exc.message}})
         print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:

@@ -16,7 +16,6 @@ file and line.
 from __future__ import annotations
 
 import configparser
-import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -24,31 +23,12 @@ from pathlib import Path
 
 from virtdeb import fsio
 from virtdeb.errors import ParseError, UsageError
-from virtdeb.rules import Setting, flag, words
-
-# The files of other packages virtdeb may edit only with the admin's say.
-FOREIGN_FILES = {
-    "qemu.conf": "/etc/libvirt/qemu.conf",
-    "xend-config.sxp": "/etc/xen/xend-config.sxp",
-    "bridge.conf": "/etc/qemu/bridge.conf",
-    "libvirtd.conf": "/etc/libvirt/libvirtd.conf",
-}
-
-# The sections that are no rule's: virtdeb's own, and the apt hook's.
-OWN: dict[str, dict[str, Setting]] = {
-    "virtdeb": {"allow_edit": words(allowed=tuple(FOREIGN_FILES),
-                                    question="virtdeb/allow_edit")},
-}
-TAIL: dict[str, dict[str, Setting]] = {"apt": {"block_on_fragile": flag("no")}}
+from virtdeb.settings import FOREIGN_FILES, SCHEMA, Setting
 
 
-@functools.cache
 def schema() -> dict[str, dict[str, Setting]]:
-    """section -> key -> Setting: OWN, every rule's declared ``settings``, TAIL."""
-    from virtdeb.rules import load_all
-
-    rules = {name: dict(rule.settings) for name, rule in load_all().items() if rule.settings}
-    return {**OWN, **rules, **TAIL}
+    """section -> key -> Setting: every key virtdeb.conf may have."""
+    return SCHEMA
 
 
 _LINE_KEY = re.compile(r"^\s*([^=:\s]+)\s*[=:]")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
     from virtdeb.effects import Change
     from virtdeb.host import Host
-    from virtdeb.rules import Setting
+    from virtdeb.settings import Setting
 
 log = logging.getLogger(__name__)
 

@@ -30,6 +30,14 @@ DEFAULT_URI = "qemu:///system"
 DPKG_STATUS = "/var/lib/dpkg/status"
 _PACKAGE = re.compile(rb"^Package:[ \t]*(\S+)", re.M)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# The sockets qemu:///system connects to (libvirtd's or, split, virtqemud's); with socket
+# activation they exist while the daemon does not run yet.
+SYSTEM_SOCKETS = ("/run/libvirt/libvirt-sock", "/run/libvirt/virtqemud-sock")
+
+
+def system_daemon() -> bool:
+    """Whether a daemon (or its activation socket) answers qemu:///system here."""
+    return any(os.path.exists(sock) for sock in SYSTEM_SOCKETS)
 
 
 @dataclass
@@ -183,6 +191,12 @@ class Host:
         A failure is remembered: every rule asking again gets the same error at once.
         """
         if self._conn_error is not None:
+            raise self._conn_error
+        if self._conn is None and self.uri == DEFAULT_URI and not system_daemon():
+            # what libvirt would say, without its import (doctor on a host at rest)
+            self._conn_error = LibvirtError(
+                f"cannot connect to {self.uri}: no {SYSTEM_SOCKETS[0]};"
+                " is libvirtd running? (--connect URI picks another)")
             raise self._conn_error
         if self._conn is None:
             import libvirt

@@ -60,6 +60,7 @@ class Journal:
     def __init__(self, host: Host) -> None:
         self.host = host
         self.dir = host.state_dir / "journal"
+        self.lock = host.path(lock.LOCK)
 
     def _path(self, entry_id: str) -> Path:
         return self.dir / f"{entry_id}.json"
@@ -111,14 +112,14 @@ class Journal:
         goes, and (``recover``) every entry a killed apply left pending is undone
         first, so that the plan starts from a state the journal knows.
         """
-        with lock.hold(self.host, command, wait):
+        with lock.hold(self.lock, command, wait):
             fsio.sweep_temps(self.dir)
-            if recover and lock.outermost(self.host):
+            if recover and lock.outermost(self.lock):
                 self._recover()
             yield
 
     def _recover(self) -> None:
-        mine = lock.token(self.host)
+        mine = lock.token(self.lock)
         try:
             pending = [e for e in self.entries() if e.status == "pending" and e.owner != mine]
         except ParseError as exc:
@@ -147,7 +148,7 @@ class Journal:
                 change.prepare(self.host)
             entry = Entry(self._new_id(), command, "pending",
                           [c.record(self.host) for c in changes], self.host.uri,
-                          lock.token(self.host) or "")
+                          lock.token(self.lock) or "")
             self._create(entry)
             for change in changes:
                 log.info("applying %s: %s", change.rule, change.target)

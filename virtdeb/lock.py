@@ -30,13 +30,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from virtdeb import fsio
 from virtdeb.errors import SystemCommandError, UsageError, VirtdebError
-
-if TYPE_CHECKING:
-    from virtdeb.host import Host
 
 log = logging.getLogger(__name__)
 
@@ -115,15 +111,15 @@ def child_env() -> dict[str, str]:
     return {}
 
 
-def token(host: Host) -> str | None:
-    """The token of the lock this process holds (or runs under), or None."""
-    held = _held.get(str(host.path(LOCK)))
+def token(real: Path) -> str | None:
+    """The token of lock file ``real`` this process holds (or runs under), or None."""
+    held = _held.get(str(real))
     return None if held is None else held.token
 
 
-def outermost(host: Host) -> bool:
-    """Whether the innermost :func:`hold` of ``host`` is the one that took the lock."""
-    held = _held.get(str(host.path(LOCK)))
+def outermost(real: Path) -> bool:
+    """Whether the innermost :func:`hold` of lock file ``real`` is the one that took it."""
+    held = _held.get(str(real))
     return held is not None and held.depth == 1
 
 
@@ -175,9 +171,9 @@ def _flock(fd: int) -> bool:
 
 
 @contextlib.contextmanager
-def hold(host: Host, command: str | None = None, wait: float | None = None) -> Iterator[None]:
-    """Hold the lock of ``host``'s root for the body; re-entrant within one process."""
-    real = host.path(LOCK)
+def hold(real: Path, command: str | None = None, wait: float | None = None) -> Iterator[None]:
+    """Hold lock file ``real`` (:data:`LOCK` under a root) for the body; re-entrant
+    within one process."""
     key = str(real)
     held = _held.get(key)
     if held is not None:

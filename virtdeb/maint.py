@@ -20,10 +20,12 @@ from pathlib import Path
 from virtdeb import lock
 from virtdeb.cpu import microcode
 from virtdeb.effects import Change
+from virtdeb.effects.domain import DomainXMLChange
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import DEFAULT_URI, Host
 from virtdeb.journal import Journal
+from virtdeb.outcome import Outcome, Refused, apply
 from virtdeb.rules import RULES, load_all
 
 log = logging.getLogger(__name__)
@@ -43,11 +45,32 @@ def configure_rules() -> list[str]:
     return [name for name, rule in load_all().items() if rule.postinst]
 
 
-def allowed(host: Host, change: Change) -> bool:
-    """Own files always; another package's conffile only with consent."""
+def refusal(host: Host, change: Change) -> str | None:
+    """Why maint must not make ``change`` on its own, or None: virtdeb's own files always;
+    another package's conffile only with ``[virtdeb] allow_edit``; a domain's definition
+    only with ``[cpu] on_microcode = fix``."""
     if not change.foreign:
-        return True
-    return isinstance(change, FileChange) and host.config.may_edit(change.target)
+        return None
+    if isinstance(change, DomainXMLChange):
+        return None if host.config.get("cpu", "on_microcode") == "fix" else \
+            "a domain's definition is the administrator's ([cpu] on_microcode = fix allows it)"
+    if isinstance(change, FileChange) and host.config.may_edit(change.target):
+        return None
+    return "another package's file; allow it with dpkg-reconfigure virtdeb"
+
+
+def applied(host: Host, changes: Sequence[Change], command: str, rule: str) -> Outcome:
+    """Apply what the administrator allowed (one journal entry); log what was done and
+    what was refused."""
+    refused = [Refused(rule, c.target, why) for c in changes if (why := refusal(host, c))]
+    for item in refused:
+        log.warning("%s: not changing %s (%s)", rule, item.target, item.reason)
+    allowed = [c for c in changes if refusal(host, c) is None]
+    outcome = apply(host, allowed, command, refused=refused)
+    if outcome.changed:
+        log.warning("%s: changed %s (undo: virtdeb revert %s)", rule,
+                    ", ".join(c.target for c in outcome.changes), outcome.journal)
+    return outcome
 
 
 def run_rules(host: Host, names: Sequence[str], command: str) -> int:
@@ -58,16 +81,7 @@ def run_rules(host: Host, names: Sequence[str], command: str) -> int:
         if name not in known:
             continue
         try:
-            changes = RULES[name](host).plan()
-            skipped = [c for c in changes if not allowed(host, c)]
-            for change in skipped:
-                log.warning("%s: not changing %s (another package's file; allow it with"
-                            " dpkg-reconfigure virtdeb)", name, change.target)
-            todo = [c for c in changes if allowed(host, c)]
-            entry = Journal(host).apply(todo, f"{command} {name}")
-            if entry:
-                log.warning("%s: changed %s (undo: virtdeb revert %s)", name,
-                            ", ".join(c.target for c in todo), entry.id)
+            applied(host, RULES[name](host).plan(), f"{command} {name}", name)
         except VirtdebError as exc:
             failed += 1
             log.warning("%s: %s", name, exc.message)
@@ -78,7 +92,8 @@ def run_rules(host: Host, names: Sequence[str], command: str) -> int:
 
 
 def save_answers(host: Host) -> Host:
-    """Write the debconf answers into virtdeb.conf; the Host to go on with.
+    """Write the debconf answers into virtdeb.conf, with the file's checksum (one journal
+    entry); the Host to go on with.
 
     An answer that is not valid is reported and left out; the file keeps its value.
     Only under debconf (the postinst sourced confmodule): run by hand, the file rules.
@@ -96,9 +111,9 @@ def save_answers(host: Host) -> Host:
             log.warning("%s; /etc/virtdeb/virtdeb.conf keeps its value", exc.message)
             continue
         answers[key] = value
-    if answers:
-        Journal(host).apply(save_changes(host, answers), "postinst configure debconf")
-    mark_synced(host)
+    changes = save_changes(host, answers) if answers else []
+    applied(host, changes + synced_changes(host, changes), "postinst configure debconf",
+            "config")
     return Host(root=host.root, uri=host.uri, netns=host.netns)
 
 
@@ -109,16 +124,22 @@ def save_answers(host: Host) -> Host:
 SYNCED = "/var/lib/virtdeb/conf.sha256"
 
 
-def mark_synced(host: Host) -> None:
+def synced_changes(host: Host, changes: Sequence[Change]) -> list[Change]:
+    """The change that makes SYNCED hold the checksum of virtdeb.conf as ``changes``
+    leave it (none when the file is absent or the checksum is already there)."""
     import hashlib
 
     from virtdeb import fsio
 
-    data = fsio.read_bytes(host.config_path, "/etc/virtdeb/virtdeb.conf")
-    if data is None:
-        return
-    fsio.atomic_write(host.path(SYNCED), (hashlib.sha256(data).hexdigest() + "\n").encode(),
-                      SYNCED)
+    conf = fsio.read_bytes(host.config_path, "/etc/virtdeb/virtdeb.conf")
+    for change in changes:
+        if isinstance(change, FileChange) and host.path(change.target) == host.config_path:
+            conf = change.after
+    if conf is None:
+        return []
+    before = fsio.read_bytes(host.path(SYNCED), SYNCED)
+    after = (hashlib.sha256(conf).hexdigest() + "\n").encode()
+    return [] if before == after else [FileChange("config", SYNCED, before, after)]
 
 
 def rules_for_triggers(names: Sequence[str]) -> list[str]:
@@ -189,7 +210,8 @@ def _run(host: Host, action: str, rest: Sequence[str]) -> int:
         try:
             run_rules(answered, configure_rules(), "postinst configure")
             with reported("cpu"):  # the baseline the boot unit compares with, recorded once
-                microcode.ensure_baseline(answered)
+                applied(answered, microcode.ensure_baseline(answered),
+                        "maint configure cpu baseline", "cpu")
         finally:
             if answered is not host:
                 answered.close()
@@ -198,10 +220,11 @@ def _run(host: Host, action: str, rest: Sequence[str]) -> int:
         run_rules(host, wanted, "postinst triggered")
         if "cpu" in wanted:  # baseline, marker for the next boot, a check now
             with reported("cpu"):
-                microcode.microcode_triggered(host, " ".join(rest).split())
+                applied(host, microcode.microcode_triggered(host, " ".join(rest).split()),
+                        "maint triggered cpu", "cpu")
     else:  # boot, the boot unit: check the domains' CPUs if something changed
         with reported("cpu"):
-            microcode.boot(host)
+            applied(host, microcode.boot(host), "maint boot cpu", "cpu")
     return 0
 
 

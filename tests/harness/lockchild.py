@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
         return maint.main(argv[3:], root=root, uri=argv[2])
     if mode == "hold":
         host = Host(root=Path(root))
-        with lock.hold(host, "lockchild hold", wait=30):
+        with lock.hold(host.path(lock.LOCK), "lockchild hold", wait=30):
             print(host.path(lock.LOCK).read_text().strip(), flush=True)
             sys.stdin.read()
         return 0

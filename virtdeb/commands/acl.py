@@ -28,7 +28,13 @@ import re
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import (
+    add_host_options,
+    add_json_option,
+    host_from,
+    locked,
+    show_and_apply,
+)
 from virtdeb.edit import Editor, owned
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
@@ -181,10 +187,12 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     kind.add_argument("--read-only", action="store_true", help="look at everything, change nothing")
     kind.add_argument("--domain", nargs="+", metavar="NAME", help="manage these domains only")
     g.add_argument("--dry-run", "-n", action="store_true", help="show the diff, write nothing")
+    add_json_option(g)
     r = acts.add_parser("revoke", help="remove USER's grant")
     add_host_options(r)
     r.add_argument("user", metavar="USER")
     r.add_argument("--dry-run", "-n", action="store_true", help="show the diff, write nothing")
+    add_json_option(r)
     s = acts.add_parser("show", help="list the grants")
     add_host_options(s, writes=False)
     p.set_defaults(func=cmd_acl)
@@ -233,17 +241,16 @@ def _acl(host: Host, args: argparse.Namespace) -> int:
     if args.acl_command == "grant":
         new = granted(grants, user, args.read_only, args.domain)
     else:
-        if not any(g["user"] == user for g in grants):
-            print(f"{user} has no grant in {RULES_FILE}; nothing to change")
-            return 0
         new = [g for g in grants if g["user"] != user]
-    changes = rules_changes(host, before, new)
+    unchanged = (f"{RULES_FILE} already says so" if new != grants
+                 else f"{user} has no grant in {RULES_FILE}")
+    changes = rules_changes(host, before, new) if new != grants else []
     consent = host.config.may_edit(LIBVIRTD_CONF)
     if args.acl_command == "grant" and consent:
         changes += access_driver_changes(host)
-    entry = show_and_apply(host, changes, f"acl {args.acl_command} {user}",
-                           dry_run=args.dry_run, unchanged=f"{RULES_FILE} already says so")
-    if entry is None:
+    outcome = show_and_apply(host, changes, f"acl {args.acl_command} {user}",
+                             dry_run=args.dry_run, unchanged=unchanged, as_json=args.json)
+    if not outcome.changed or args.json:
         return 0
     if not polkit_driver_on(host):
         print(f"libvirtd does not ask polkit per API call yet: set access_drivers ="

@@ -1,4 +1,4 @@
-"""``virtdeb cpu-baseline [--json] [--save] [--domain NAME...] [--timeout S] URI...``
+"""``virtdeb cpu-baseline [--json] [--save] [--domain NAME]... [--timeout S] URI...``
 
 The CPU every host of a fleet can give, and which guests can move where
 (engine: :mod:`virtdeb.cpu.baseline`).  Without a URI: this host's
@@ -10,15 +10,22 @@ otherwise; 2 on a usage error.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any
 
-from virtdeb.commands.options import add_wait_option
+from virtdeb.commands.options import (
+    add_domain_option,
+    add_json_option,
+    add_wait_option,
+    locked,
+    print_json,
+)
 from virtdeb.cpu import baseline, drift
+from virtdeb.cpu.state import FLEET_STATE
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
+from virtdeb.outcome import Outcome, apply
 
 
 def add_parser(sub: Any) -> None:
@@ -27,13 +34,11 @@ def add_parser(sub: Any) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("uris", nargs="*", metavar="URI",
                    help=f"libvirt URIs of the hosts (default {DEFAULT_URI})")
-    p.add_argument("--json", action="store_true",
-                   help="print the result as JSON (the baseline as <cpu> XML)")
+    add_json_option(p, "the result (the baseline as <cpu> XML)")
     p.add_argument("--save", action="store_true",
-                   help=f"record the result in {drift.FLEET_STATE}; later runs say what"
+                   help=f"record the result in {FLEET_STATE}; later runs say what"
                         " changed")
-    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
-                   help="only these domains (default: every defined domain)")
+    add_domain_option(p)
     p.add_argument("--timeout", type=float, default=baseline.DEFAULT_TIMEOUT, metavar="S",
                    help="seconds to wait for a host, in each of the two rounds of questions"
                         f" (default {baseline.DEFAULT_TIMEOUT:g})")
@@ -47,13 +52,8 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if args.timeout <= 0:
         raise UsageError(f"--timeout {args.timeout:g}: expected a positive number of seconds")
     local = Host(root=Path(args.root))
-    # --domain NAME... swallows the URIs after it; libvirt refuses '/' in a domain name
-    # (and a URI has '://'), so they are told apart
-    words = [n for group in args.domain for n in group]
-    names = [w for w in words if "/" not in w]
-    uris = [*args.uris, *(w for w in words if "/" in w)]
     saved = drift.load_saved(local)
-    fleet = baseline.survey(uris or [DEFAULT_URI], names, args.timeout)
+    fleet = baseline.survey(args.uris or [DEFAULT_URI], args.domain, args.timeout)
     try:
         result = fleet.as_json()
     finally:
@@ -62,19 +62,20 @@ def cmd_cpu_baseline(args: argparse.Namespace) -> int:
     if saved is not None:
         result["since_saved"] = {"time": saved.get("time"),
                                  "changes": [{"text": c.text, "loss": c.loss} for c in changes]}
-    entry = None
+    outcome = Outcome("cpu-baseline")
     if args.save:
-        entry = drift.save(local, carry_over(saved, result), wait=args.wait)
-        result["saved_to"] = drift.FLEET_STATE
-        result["journal"] = entry
+        with locked(local, args):  # the saved file is read under the lock
+            outcome = apply(local, drift.save_changes(local, carry_over(saved, result)),
+                            "cpu-baseline --save")
+        result["saved_to"] = FLEET_STATE
     if args.json:
-        json.dump(result, sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(outcome.as_json() | result)
     else:
         sys.stdout.write(drift.render(result, changes,
                                          None if saved is None else str(saved.get("time"))))
         if args.save:
-            print(f"saved to {drift.FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
+            entry = outcome.journal
+            print(f"saved to {FLEET_STATE}" + (f" (journal entry {entry}; undo with:"
                   f" virtdeb revert {entry})" if entry else " (unchanged)"))
     base = result["baseline"]
     bad = (any(not h["ok"] for h in result["hosts"]) or base["cpu_xml"] is None

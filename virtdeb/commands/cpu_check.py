@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from typing import Any
 
-from virtdeb.commands.options import add_host_options, host_from, locked
+from virtdeb import report
+from virtdeb.commands.options import (
+    add_domain_option,
+    add_host_options,
+    add_json_option,
+    host_from,
+    locked,
+    print_json,
+)
 from virtdeb.cpu import STRATEGIES
 from virtdeb.cpu.compare import DomainReport, Progress, Verdict, inspect
-from virtdeb.cpu.fix import fix_all, verify
+from virtdeb.cpu.fix import plan_fixes, verify
+from virtdeb.outcome import Outcome, apply
 
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("cpu-check", help="compare the domains' CPU models with the host CPU")
     add_host_options(p)
-    p.add_argument("--domain", action="append", nargs="+", metavar="NAME", default=[],
-                   help="only these domains (default: every defined domain)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_domain_option(p)
+    add_json_option(p, "the report")
     p.add_argument("--fix", choices=STRATEGIES,
                    help="rewrite the definitions that do not fit: disable just the missing"
                         " features, a named model the host can run, or host-model")
@@ -39,36 +46,34 @@ def summary(reports: Sequence[DomainReport], calls: int) -> str:
 
 def cmd_cpu_check(args: argparse.Namespace) -> int:
     host = host_from(args)
-    names = [n for group in args.domain for n in group]
     fixed: list[tuple[str, Verdict]] = []
-    entry_id = None
+    outcome = Outcome("cpu-check")
     with locked(host, args, writes=bool(args.fix)):  # a fix is planned under the lock
         progress = Progress(sys.stderr, "comparing CPUs")
         try:
-            reports, comparer = inspect(host.connect(), names, progress)
+            reports, comparer = inspect(host.connect(), args.domain, progress)
         finally:
             progress.done()
-        calls = comparer.calls
+        calls = comparer.calls  # the check's, not the fixes' comparisons
         if args.fix:
-            changes, entry_id = fix_all(host, reports, args.fix, comparer,
-                                        f"cpu-check --fix {args.fix}", args.dry_run,
-                                        None if args.json else sys.stdout)
-            if entry_id:
+            changes = plan_fixes(reports, args.fix, comparer, host.uri)
+            if not args.json:
+                report.plan_text(changes, sys.stdout)
+            outcome = apply(host, changes, f"cpu-check --fix {args.fix}", dry_run=args.dry_run)
+            if outcome.changed:
                 fixed = verify(host.connect(), changes)
     if args.json:
-        json.dump({"domains": [r.as_json() for r in reports],
-                   "compared": calls, "journal": entry_id,
-                   "fixed": [{"domain": n, "compatible": v.compatible,
-                              "problem": v.problem()} for n, v in fixed]},
-                  sys.stdout, indent=1)
-        sys.stdout.write("\n")
+        print_json(outcome.as_json() | {
+            "domains": [r.as_json() for r in reports], "compared": calls,
+            "fixed": [{"domain": n, "compatible": v.compatible, "problem": v.problem()}
+                      for n, v in fixed]})
     else:
         from virtdeb.cpu.report import text_lines
 
         for line in text_lines(reports):
             print(line)
         print(summary(reports, calls))
-        _print_fix_result(args, reports, fixed, entry_id)
+        _print_fix_result(args, reports, fixed, outcome.journal)
     still = {n for n, v in fixed if not v.compatible}
     if args.fix and not args.dry_run:
         return 1 if still else 0

@@ -15,7 +15,13 @@ import argparse
 import os
 import sys
 
-from virtdeb.commands.options import add_host_options, host_from, locked, show_and_apply
+from virtdeb.commands.options import (
+    add_host_options,
+    add_json_option,
+    host_from,
+    locked,
+    show_and_apply,
+)
 from virtdeb.errors import UsageError
 from virtdeb.rules import debug
 
@@ -36,6 +42,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--outputs", default=debug.DEFAULT_OUTPUTS, metavar="OUTPUTS",
                    help=f"log_outputs with --enable (default {debug.DEFAULT_OUTPUTS!r})")
     p.add_argument("--dry-run", "-n", action="store_true", help="show the diff, write nothing")
+    add_json_option(p)
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                    help="the command to run with LIBVIRT_DEBUG=1")
     p.set_defaults(func=cmd_debug)
@@ -72,9 +79,10 @@ def cmd_debug(args: argparse.Namespace) -> int:
         outputs = debug.checked(args.outputs, debug.OUTPUT, "--outputs")
     with locked(host, args):
         changes = debug.logging_changes(host, filters, outputs)
-        entry = show_and_apply(host, changes,
-                               "debug " + ("--disable" if args.disable else "--enable"),
-                               dry_run=args.dry_run, unchanged=f"{debug.CONF} already says so")
-    if entry is not None:
+        outcome = show_and_apply(host, changes,
+                                 "debug " + ("--disable" if args.disable else "--enable"),
+                                 dry_run=args.dry_run, unchanged=f"{debug.CONF} already says so",
+                                 as_json=args.json)
+    if outcome.changed and not args.json:
         print(RESTART)
     return 0

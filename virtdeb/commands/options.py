@@ -1,22 +1,21 @@
-"""What every subcommand shares: the host options, the Host they give, and the one way
-to show and make a plan.  cli.py and the modules of this package import it (never cli)."""
+"""What every subcommand shares: the host options, the Host they give, and how a plan is
+made (:func:`virtdeb.outcome.apply`) and shown.  cli.py and the modules of this package
+import it (never cli)."""
 
 from __future__ import annotations
 
 import argparse
 import contextlib
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from virtdeb import report
 from virtdeb.effects import Change
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
-
-if TYPE_CHECKING:
-    from virtdeb.journal import Entry
+from virtdeb.outcome import Outcome, apply
 
 
 def host_from(args: argparse.Namespace) -> Host:
@@ -49,6 +48,13 @@ def add_wait_option(parser: argparse.ArgumentParser, when: str = "") -> None:
                              " $VIRTDEB_LOCK_WAIT or 10), then exit 75 'busy'")
 
 
+def add_domain_option(parser: argparse.ArgumentParser) -> None:
+    """``--domain NAME``, once per domain: one value each, so URIs after it stay URIs."""
+    parser.add_argument("--domain", action="append", metavar="NAME", default=[],
+                        help="only this domain; repeat for more (default: every defined"
+                             " domain)")
+
+
 def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
            recover: bool = True) -> contextlib.AbstractContextManager[None]:
     """virtdeb's lock around a plan and its apply; nothing when ``writes`` is false.
@@ -62,24 +68,44 @@ def locked(host: Host, args: argparse.Namespace, *, writes: bool = True,
     return Journal(host).locked(wait=getattr(args, "wait", None), recover=recover)
 
 
+def add_json_option(parser: argparse.ArgumentParser,
+                    what: str = "what was changed") -> None:
+    """``--json`` of a command that changes something: the result (docs/results.md) on
+    stdout instead of the text, also when it fails (with ``error``)."""
+    parser.add_argument("--json", action="store_true",
+                        help=f"print {what} as JSON (docs/results.md), not as text")
+    parser.set_defaults(result_json=True)
+
+
 def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_run: bool,
-                   unchanged: str) -> Entry | None:
-    """Print the plan; unless ``dry_run``, journal and make it and say how to undo it.
+                   unchanged: str, as_json: bool = False) -> Outcome:
+    """Apply the plan (:func:`virtdeb.outcome.apply`) unless ``dry_run``, and show it:
+    the diffs and how to undo it, or (``as_json``) the JSON result.
 
-    The one way every subcommand makes changes.  ``unchanged`` is printed when
-    there is nothing to do.
+    ``unchanged`` is printed when there is nothing to do.
     """
-    from virtdeb.journal import Journal  # here: doctor does not need it
+    outcome = apply(host, changes, command, dry_run=dry_run)
+    if as_json:
+        print_json(outcome.as_json())
+    else:
+        print_outcome(outcome, unchanged)
+    return outcome
 
-    if not changes:
+
+def print_json(data: Mapping[str, Any]) -> None:
+    import json  # here: the text output does not pay for it
+
+    json.dump(data, sys.stdout, indent=1)
+    sys.stdout.write("\n")
+
+
+def print_outcome(outcome: Outcome, unchanged: str) -> None:
+    if not outcome.changes:
         print(f"nothing to change: {unchanged}")
-        return None
-    report.plan_text(changes, sys.stdout)
-    if dry_run:
-        print(f"dry run: {len(changes)} change(s) shown, nothing written")
-        return None
-    entry = Journal(host).apply(changes, command)
-    assert entry is not None
-    print(f"applied {len(changes)} change(s) as journal entry {entry.id};"
-          f" undo with: virtdeb revert {entry.id}")
-    return entry
+        return
+    report.plan_text(outcome.changes, sys.stdout)
+    if outcome.dry_run:
+        print(f"dry run: {len(outcome.changes)} change(s) shown, nothing written")
+        return
+    print(f"applied {len(outcome.changes)} change(s) as journal entry {outcome.journal};"
+          f" undo with: virtdeb revert {outcome.journal}")

@@ -175,8 +175,7 @@ def inspect(conn: Any, names: Sequence[str] = (),
                              f" ({len(known)} domains are defined)")
         domains = [d for d in domains if d.name() in set(names)]
     reports = []
-    for i, dom in enumerate(domains, 1):
-        state = lv.domain_state(dom, XML_INACTIVE_SECURE)
+    for i, (_dom, state) in enumerate(lv.domain_states(conn, domains, XML_INACTIVE_SECURE), 1):
         if state is None:
             continue  # undefined meanwhile
         parsed, active = parse_domain(state[0]), state[1]

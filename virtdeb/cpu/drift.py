@@ -1,5 +1,5 @@
-"""A fleet's saved CPU baseline: what changed since (drift), the report as text, and the
-saved result itself (through the journal) with the local check the microcode path runs."""
+"""A fleet's saved CPU baseline: what changed since (drift), the report as text, the change
+that saves the result, and the local check the microcode path runs."""
 
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from virtdeb import fsio
-from virtdeb.cpu import microcode
 from virtdeb.cpu.fleet_host import LibvirtHost
+from virtdeb.cpu.state import FLEET_STATE, read_json
+from virtdeb.effects import Change
 from virtdeb.host import Host
 
-FLEET_STATE = f"{microcode.STATE}/fleet.json"
 MATRIX_ROWS = 15  # more guests than this: the matrix shows only those that cannot move
 
 
@@ -196,28 +196,21 @@ _LEGEND = {"unchecked": "no CPU model that libvirt checks",
 
 # ------------------------------------------------------------- saved baselines
 def load_saved(host: Host) -> dict[str, Any] | None:
-    return microcode.read_json(host, FLEET_STATE)
+    return read_json(host, FLEET_STATE)
 
 
-def save(host: Host, result: Mapping[str, Any], wait: float | None = None) -> str | None:
-    """Record the fleet's result through the journal (``virtdeb revert`` undoes it), as
-    every file virtdeb writes; the id of the journal entry (None: nothing changed).
-    ``wait``: how long to wait for virtdeb's lock (see :func:`virtdeb.lock.wait_seconds`).
+def save_changes(host: Host, result: Mapping[str, Any]) -> list[Change]:
+    """The change that records the fleet's result (none when the file says so already);
+    the caller applies it under virtdeb's lock, so ``virtdeb revert`` undoes it.
 
     The models' blockers are left out: only what :func:`drift` compares is kept.
     """
     from virtdeb.effects.file import FileChange
-    from virtdeb.journal import Journal
 
     hosts = [{k: v for k, v in h.items() if k != "unusable_models"} for h in result["hosts"]]
     data = (json.dumps({**result, "hosts": hosts}, indent=1, sort_keys=True) + "\n").encode()
-    with Journal(host).locked("virtdeb cpu-baseline --save", wait):  # read under the lock
-        before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
-        if before == data:
-            return None
-        entry = Journal(host).apply([FileChange("cpu", FLEET_STATE, before, data)],
-                                    "cpu-baseline --save")
-    return None if entry is None else entry.id
+    before = fsio.read_bytes(host.path(FLEET_STATE), FLEET_STATE)
+    return [] if before == data else [FileChange("cpu", FLEET_STATE, before, data)]
 
 
 def check_local(host: Host) -> dict[str, Any] | None:

@@ -6,14 +6,13 @@ import copy
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Iterable, Sequence
-from typing import Any, TextIO
+from typing import Any
 
 from virtdeb.cpu import STRATEGIES, XML_INACTIVE_SECURE
 from virtdeb.cpu.compare import Comparer, DomainReport, Verdict
 from virtdeb.cpu.xml import DomainCPU, parse_domain, replace_cpu
 from virtdeb.effects.domain import DomainXMLChange, lookup_domain
 from virtdeb.errors import UsageError, VirtdebError
-from virtdeb.host import Host
 
 
 def _insert_feature(cpu: ET.Element, name: str) -> None:
@@ -145,17 +144,7 @@ def verify(conn: Any, changes: Iterable[DomainXMLChange]) -> list[tuple[str, Ver
     return out
 
 
-def fix_all(host: Host, reports: Sequence[DomainReport], strategy: str, comparer: Comparer,
-            command: str, dry_run: bool = False,
-            out: TextIO | None = None) -> tuple[list[DomainXMLChange], str | None]:
-    """Plan (and unless dry_run, journal and make) the fixes of every broken domain."""
-    changes = [plan_fix(r, strategy, comparer, host.uri) for r in reports if r.broken]
-    if out is not None:
-        for change in changes:
-            out.write(change.diff())
-    if dry_run or not changes:
-        return changes, None
-    from virtdeb.journal import Journal
-
-    entry = Journal(host).apply(changes, command)
-    return changes, None if entry is None else entry.id
+def plan_fixes(reports: Sequence[DomainReport], strategy: str, comparer: Comparer,
+               uri: str) -> list[DomainXMLChange]:
+    """The rewrites of every broken domain (applied by the caller, through the journal)."""
+    return [plan_fix(r, strategy, comparer, uri) for r in reports if r.broken]

@@ -1,5 +1,6 @@
 """Microcode: the baseline of the host CPU's features, the "check after boot" marker
-and the boot-time check (called by virtdeb.maint)."""
+and the boot-time check.  Each returns the changes to make; virtdeb.maint applies them
+(virtdeb.outcome.apply), one journal entry per maintainer action."""
 
 from __future__ import annotations
 
@@ -7,25 +8,23 @@ import json
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from virtdeb import fsio
 from virtdeb.cpu.compare import inspect
-from virtdeb.cpu.fix import fix_all
+from virtdeb.cpu.fix import plan_fixes
 from virtdeb.cpu.report import text_lines
+from virtdeb.cpu.state import BASELINE, LAST_REPORT, MARKER, read_json
 from virtdeb.cpu.xml import parse_xml
+from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
-from virtdeb.journal import Journal
 from virtdeb.system import libvirt as lv
 
 log = logging.getLogger(__name__)
 
-STATE = "/var/lib/virtdeb/cpu"
-MARKER = f"{STATE}/check-after-boot"
-BASELINE = f"{STATE}/baseline.json"
-LAST_REPORT = f"{STATE}/last-report.json"
 CPUINFO = "/proc/cpuinfo"
 
 
@@ -41,19 +40,18 @@ def _state(host: Host, abspath: str, data: dict[str, Any] | None) -> FileChange:
     return FileChange("cpu", abspath, before, after)
 
 
-def _save(host: Host, command: str, *changes: FileChange) -> None:
-    """Write state files through the journal, like every change virtdeb makes."""
-    Journal(host).apply([c for c in changes if c.before != c.after], command)
+def _changed(*changes: FileChange) -> list[Change]:
+    """The state changes that change something."""
+    return [c for c in changes if c.before != c.after]
 
 
-def read_json(host: Host, abspath: str) -> dict[str, Any] | None:
-    """One of virtdeb's state files, or None when absent or unreadable."""
-    try:
-        data = fsio.read_bytes(host.path(abspath), abspath)
-        value = None if data is None else json.loads(data)
-    except (VirtdebError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+@dataclass
+class Checked:
+    """A check of every domain: the report, and the changes that record it (the fixes, if
+    asked, then the report file), for the caller to apply."""
+
+    report: dict[str, Any]
+    changes: list[Change]
 
 
 def cpuinfo(host: Host) -> tuple[list[str], str | None]:
@@ -101,8 +99,9 @@ def features_differ(old: dict[str, Any], new: dict[str, Any]) -> bool:
     return False
 
 
-def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | None:
-    """Compare every domain; log and save the report; fix if asked. None: no libvirt."""
+def check_and_report(host: Host, reason: str, fix: bool) -> Checked | None:
+    """Compare every domain and log what does not fit; the report and the changes that
+    save it (and, when ``fix``, rewrite the broken domains).  None: no libvirt."""
     try:
         reports, comparer = inspect(host.connect())
     except VirtdebError as exc:
@@ -113,29 +112,25 @@ def check_and_report(host: Host, reason: str, fix: bool) -> dict[str, Any] | Non
         log.warning("cpu: %s", line)
     result: dict[str, Any] = {"time": _now(), "reason": reason,
                               "domains": [r.as_json() for r in bad],
-                              "broken": sum(r.broken for r in reports), "fixed": [],
-                              "journal": None}
+                              "broken": sum(r.broken for r in reports), "fixed": []}
+    fixes: list[Change] = []
     if fix and result["broken"]:
         try:
-            changes, entry = fix_all(host, reports, "disable-missing", comparer,
-                                     f"maint {reason} cpu --fix disable-missing")
-            result["fixed"] = [c.name for c in changes]
-            result["journal"] = entry
-            log.warning("cpu: redefined %s (undo: virtdeb revert %s)",
-                        ", ".join(result["fixed"]), entry)
+            planned = plan_fixes(reports, "disable-missing", comparer, host.uri)
+            result["fixed"] = [c.name for c in planned]
+            fixes.extend(planned)
         except VirtdebError as exc:
             log.warning("cpu: fixing failed: %s", exc.message)
     elif result["broken"]:
         log.warning("cpu: check them with: virtdeb cpu-check; fix with:"
                     " virtdeb cpu-check --fix disable-missing")
     result["fleet"] = fleet_check(host)
-    _save(host, f"maint {reason} cpu report", _state(host, LAST_REPORT, result))
-    return result
+    return Checked(result, fixes + _changed(_state(host, LAST_REPORT, result)))
 
 
 def fleet_check(host: Host) -> dict[str, Any] | None:
     """The saved fleet baseline (``virtdeb cpu-baseline --save``) against this host now."""
-    from virtdeb.cpu.drift import check_local  # it imports this module
+    from virtdeb.cpu.drift import check_local  # the fleet engine: only when asked
 
     try:
         result = check_local(host)
@@ -147,37 +142,41 @@ def fleet_check(host: Host) -> dict[str, Any] | None:
     return result
 
 
-def ensure_baseline(host: Host) -> None:
+def ensure_baseline(host: Host) -> list[Change]:
     """Record the host CPU's features once (postinst configure), so that the boot unit
     notices a change that came without a microcode package (BIOS update, new host)."""
-    if read_json(host, BASELINE) is None:
-        _save(host, "maint configure cpu baseline",
-              _state(host, BASELINE, {"time": _now(), **features_now(host)}))
+    if read_json(host, BASELINE) is not None:
+        return []
+    return _changed(_state(host, BASELINE, {"time": _now(), **features_now(host)}))
 
 
-def microcode_triggered(host: Host, triggers: Sequence[str]) -> None:
+def microcode_triggered(host: Host, triggers: Sequence[str]) -> list[Change]:
     """A microcode package changed: baseline, marker for the next boot, and a check now."""
-    _save(host, "maint triggered cpu marker",
-          _state(host, BASELINE, {"time": _now(), **features_now(host)}),
-          _state(host, MARKER, {"time": _now(), "triggers": list(triggers)}))
+    changes = _changed(_state(host, BASELINE, {"time": _now(), **features_now(host)}),
+                       _state(host, MARKER, {"time": _now(), "triggers": list(triggers)}))
     if host.config.get("cpu", "on_microcode") != "nothing":
-        check_and_report(host, "microcode-update", fix=False)
+        checked = check_and_report(host, "microcode-update", fix=False)
+        changes += [] if checked is None else checked.changes
+    return changes
 
 
-def boot(host: Host) -> int:
-    """After a boot: check when a microcode update is pending or the CPU changed."""
+def boot(host: Host) -> list[Change]:
+    """After a boot: check when a microcode update is pending or the CPU changed; the
+    changes (fixes when configured, the report, the new baseline, the marker gone)."""
     marker = host.path(MARKER)
     baseline = read_json(host, BASELINE)
     now = features_now(host)
     pending = marker.exists()
     if not pending and (baseline is None or not features_differ(baseline, now)):
         log.info("cpu: no microcode update pending and the CPU features are unchanged")
-        return 0
+        return []
+    changes: list[Change] = []
     policy = host.config.get("cpu", "on_microcode")
     if policy != "nothing":
         reason = "boot after microcode update" if pending else "boot: CPU features changed"
-        if check_and_report(host, reason, fix=policy == "fix") is None:
-            return 0  # libvirt not reachable: keep the marker, try at the next boot
-    _save(host, "maint boot cpu baseline", _state(host, BASELINE, {"time": _now(), **now}),
-          *([_state(host, MARKER, None)] if pending else []))
-    return 0
+        checked = check_and_report(host, reason, fix=policy == "fix")
+        if checked is None:
+            return []  # libvirt not reachable: keep the marker, try at the next boot
+        changes += checked.changes
+    return changes + _changed(_state(host, BASELINE, {"time": _now(), **now}),
+                              *([_state(host, MARKER, None)] if pending else []))

@@ -11,7 +11,7 @@ from virtdeb.effects import Change, Record
 from virtdeb.errors import VirtdebError
 from virtdeb.host import Host
 
-# -- restarting the running daemon (issue 4) -----------------------------------
+# -- restarting the running daemon ---------------------------------------------
 PIDFILE = "/run/dnsmasq/dnsmasq.pid"
 
 

@@ -6,11 +6,10 @@ never exit.  Every rule module registers its class in :data:`RULES` with the
 :func:`register` decorator; the order of :data:`ORDER` is the order doctor shows.
 
 A rule declares, as class attributes, the file triggers that fire it
-(``triggers``, as in debian/triggers), whether the postinst runs it (``postinst``)
-and its settings in virtdeb.conf (``settings``: section = the rule's name, each
-with its default, its allowed values and the debconf question that asks it).
-maint, config and debconf_answers read them; tests compare them with
-debian/triggers and debian/templates.
+(``triggers``, as in debian/triggers) and whether the postinst runs it
+(``postinst``).  Its settings in virtdeb.conf (section = the rule's name) are in
+:mod:`virtdeb.settings`, with every other key of that file.  maint reads the
+declarations; tests compare them with debian/triggers and debian/templates.
 """
 
 from __future__ import annotations
@@ -19,7 +18,7 @@ import enum
 import importlib
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Literal, TypeVar
+from typing import ClassVar, TypeVar
 
 from virtdeb.effects import Change
 from virtdeb.errors import UsageError
@@ -45,53 +44,6 @@ class Finding:
     hint: str = ""
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One ``key = value`` of virtdeb.conf: its default, what it may be, who asks it.
-
-    ``kind`` is ``words`` (space-separated; ``allowed`` empty: any word), ``flag``
-    (yes or no) or ``choice`` (one of ``allowed``).  ``question`` names the debconf
-    template that asks it (debian/templates), if one does.
-    """
-
-    default: str
-    kind: Literal["words", "flag", "choice"]
-    allowed: tuple[str, ...] = ()
-    question: str | None = None
-
-    def problem(self, value: str) -> str | None:
-        """Why ``value`` (blanks already folded) is not valid, or None: the one validator."""
-        if self.kind == "words":
-            bad = [w for w in value.split() if self.allowed and w not in self.allowed]
-            return (f"unknown value {bad[0]!r} (choose from {', '.join(sorted(self.allowed))})"
-                    if bad else None)
-        allowed = ("yes", "no") if self.kind == "flag" else self.allowed
-        return None if value in allowed else f"{value!r} is not one of {', '.join(allowed)}"
-
-    def from_debconf(self, raw: str) -> str:
-        """A debconf answer as this setting's value; ValueError when it is not valid."""
-        if self.kind == "flag":
-            return "yes" if raw.strip() == "true" else "no"
-        value = " ".join(raw.replace(",", " ").split()) if self.kind == "words" else raw.strip()
-        problem = self.problem(value)
-        if problem:
-            raise ValueError(problem)
-        return value
-
-
-def words(default: str = "", allowed: tuple[str, ...] = (),
-          question: str | None = None) -> Setting:
-    return Setting(default, "words", allowed, question)
-
-
-def flag(default: str, question: str | None = None) -> Setting:
-    return Setting(default, "flag", (), question)
-
-
-def choice(default: str, allowed: tuple[str, ...], question: str | None = None) -> Setting:
-    return Setting(default, "choice", allowed, question)
-
-
 class Rule:
     """Base of every rule; subclasses set ``name`` and ``title`` and their declarations."""
 
@@ -101,8 +53,6 @@ class Rule:
     triggers: ClassVar[tuple[str, ...]] = ()
     # Whether postinst configure runs it (in ORDER).
     postinst: ClassVar[bool] = True
-    # Its keys in section [NAME] of virtdeb.conf.
-    settings: ClassVar[dict[str, Setting]] = {}
 
     def __init__(self, host: Host) -> None:
         self.host = host

@@ -17,7 +17,7 @@ from __future__ import annotations
 from virtdeb.effects import Change
 from virtdeb.effects.group import ensure_group, set_members
 from virtdeb.errors import UsageError
-from virtdeb.rules import Finding, Rule, Status, flag, register, words
+from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import groups
 
 GROUP = "libvirt"
@@ -42,7 +42,6 @@ def checked_users(host_users: dict[str, int], names: list[str], regex: str,
 class Access(Rule):
     name = "access"
     title = "libvirt group and its members"
-    settings = {"users": words(question="virtdeb/access_users"), "prune": flag("no")}
 
     def _wanted(self) -> list[str]:
         users = self.host.config.words("access", "users")

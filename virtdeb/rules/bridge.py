@@ -40,7 +40,7 @@ from virtdeb.effects.file import FileChange
 from virtdeb.effects.statoverride import StatOverrideChange
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, flag, register, words
+from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import caps
 from virtdeb.system.net import interface_name_problem
 
@@ -132,7 +132,6 @@ class Bridge(Rule):
     title = "qemu-bridge-helper and bridge.conf"
     # a qemu upgrade replaces the helper and drops its file capability
     triggers = ("/usr/lib/qemu/qemu-bridge-helper", "/lib/qemu/qemu-bridge-helper")
-    settings = {"allow": words(question="virtdeb/bridge_allow"), "setuid_fallback": flag("no")}
 
     def _helper(self) -> bool:
         return self.host.path(HELPER).is_file()

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from virtdeb.cpu import CHECK_HINT
 from virtdeb.errors import VirtdebError
-from virtdeb.rules import Finding, Rule, Status, choice, register
+from virtdeb.rules import Finding, Rule, Status, register
 
 
 @register
@@ -24,19 +24,17 @@ class Cpu(Rule):
     # microcode packages (file triggers match the path as shipped: /lib and /usr/lib)
     triggers = ("/lib/firmware/intel-ucode", "/usr/lib/firmware/intel-ucode",
                 "/lib/firmware/amd-ucode", "/usr/lib/firmware/amd-ucode")
-    settings = {"on_microcode": choice("warn", ("warn", "fix", "nothing"),
-                                       question="virtdeb/cpu_on_microcode")}
 
     def check(self) -> list[Finding]:
         return self._domains() + self._microcode() + self._fleet()
 
     def _fleet(self) -> list[Finding]:
         """The fleet baseline saved here by ``virtdeb cpu-baseline --save``, if any."""
-        from virtdeb.cpu.microcode import STATE
+        from virtdeb.cpu.state import FLEET_STATE
 
-        if not self.host.path(f"{STATE}/fleet.json").exists():
+        if not self.host.path(FLEET_STATE).exists():
             return []  # the usual case: no import of the fleet engine
-        from virtdeb.cpu.drift import FLEET_STATE, check_local
+        from virtdeb.cpu.drift import check_local
 
         try:
             result = check_local(self.host)
@@ -51,13 +49,14 @@ class Cpu(Rule):
         return [self.finding(Status.PASS, f"this host gives the fleet's CPU baseline saved"
                              f" {result['saved']} ({FLEET_STATE})")]
 
-    # The engine is imported where it is used: config imports every rule for its
+    # The engine is imported where it is used: maint imports every rule for its
     # declarations, and doctor of another rule must not pay for the CPU engine.
     def _domains(self) -> list[Finding]:
-        from virtdeb.cpu.compare import inspect
-
         try:
-            reports, _ = inspect(self.host.connect())
+            conn = self.host.connect()  # first: no daemon, no engine to import
+            from virtdeb.cpu.compare import inspect
+
+            reports, _ = inspect(conn)
         except VirtdebError as exc:
             return [self.finding(Status.WARN, f"cannot compare the domains' CPUs: {exc.message}",
                                  "start libvirtd, or pass --connect URI")]
@@ -75,7 +74,7 @@ class Cpu(Rule):
         return out
 
     def _microcode(self) -> list[Finding]:
-        from virtdeb.cpu.microcode import BASELINE, LAST_REPORT, MARKER, read_json
+        from virtdeb.cpu.state import BASELINE, LAST_REPORT, MARKER, read_json
 
         out = []
         marker = read_json(self.host, MARKER)

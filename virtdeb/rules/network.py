@@ -47,7 +47,7 @@ from virtdeb.effects.file import FileChange
 from virtdeb.effects.network import NetworkChange, NetworkMove
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, flag, register
+from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
 from virtdeb.system.libvirt import lookup_network, module, network_xmls
@@ -258,8 +258,6 @@ def _state_bytes(defined_by_virtdeb: bool) -> bytes:
 class Network(Rule):
     name = "network"
     title = "the default NAT network"
-    settings = {"autostart_default": flag("yes", question="virtdeb/network_autostart"),
-                "recreate_default": flag("no")}
 
     def check(self) -> list[Finding]:
         return self._check_network() + self._check_packages()

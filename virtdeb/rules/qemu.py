@@ -28,7 +28,7 @@ from virtdeb.edit import Editor
 from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError
 from virtdeb.host import Host
-from virtdeb.rules import Finding, Rule, Status, choice, register
+from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import groups
 from virtdeb.system import libvirt as lv
 
@@ -82,7 +82,6 @@ def _id_exists(value: str, names: dict[str, int]) -> bool:
 class Qemu(Rule):
     name = "qemu"
     title = "QEMU user, group and capabilities"
-    settings = {"clear_emulator_capabilities": choice("keep", ("keep", "0"))}
 
     def _settings(self) -> tuple[str, str, str | None] | None:
         if not self.host.path(CONF).exists():

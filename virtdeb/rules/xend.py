@@ -13,7 +13,7 @@ import re
 
 from virtdeb.edit import Editor
 from virtdeb.effects import Change
-from virtdeb.rules import Finding, Rule, Status, flag, register
+from virtdeb.rules import Finding, Rule, Status, register
 
 CONF = "/etc/xen/xend-config.sxp"
 LENS = "Xendline.lns"
@@ -37,7 +37,6 @@ def _commented_example(ed: Editor, key: str) -> str | None:
 class Xend(Rule):
     name = "xend"
     title = "Xen: xend unix server"
-    settings = {"http_server": flag("no", question="virtdeb/xend_http_server")}
 
     def _applies(self) -> bool:
         return self.host.path(CONF).exists() or self.host.path(CONF).is_symlink()

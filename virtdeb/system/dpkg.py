@@ -34,7 +34,12 @@ def _lists(host: Host, hints: Iterable[str]) -> Iterable[tuple[str, str]]:
     info = host.path(INFO)
     seen: set[str] = set()
     for name in hints:
-        for candidate in (f"{name}.list", *sorted(p.name for p in info.glob(f"{name}:*.list"))):
+        plain = f"{name}.list"
+        # a Multi-Arch: same package has PKG:ARCH.list instead: scan the (large) directory
+        # only then
+        found = [plain] if (info / plain).exists() else \
+            sorted(p.name for p in info.glob(f"{name}:*.list"))
+        for candidate in found:
             seen.add(candidate)
             yield name, f"{INFO}/{candidate}"
     try:

@@ -1,28 +1,32 @@
 # Copyright: virtdeb developers
 # GNU General Public License v2.0+ (see https://www.gnu.org/licenses/old-licenses/gpl-2.0.txt)
-"""What the virtdeb modules share: the command line and how to read its output.
+"""What the virtdeb modules share: the command line and how to read its result.
 
-virtdeb's own words are the interface: ``virtdeb apply`` prints its plan (unified diffs)
-and then exactly one of three closing lines (virtdeb/cli.py, show_and_apply):
-
-- ``nothing to change: ...``                          nothing was planned
-- ``dry run: N change(s) shown, nothing written``      --dry-run with a plan
-- ``applied N change(s) as journal entry ID; ...``     the plan was made
+The modules run ``virtdeb apply --json`` and read its JSON result (schema 1, described in
+virtdeb's docs/results.md): ``changed``, ``journal``, ``changes`` (each with ``kind``,
+``rule``, ``target``, ``diff``), ``refused`` and, when virtdeb failed, ``error``.
 """
 
 from __future__ import absolute_import, division, print_function
 
 __metaclass__ = type
 
-import re
+import json
+import os
 
-NOTHING = "nothing to change:"
-_DRY_RUN = re.compile(r"^dry run: (\d+) change\(s\) shown, nothing written$")
-_APPLIED = re.compile(r"^applied (\d+) change\(s\) as journal entry (\S+?);")
+SCHEMA = 1  # the result schema this module reads
 
 
 class VirtdebOutputError(Exception):
     """virtdeb printed something this module does not understand."""
+
+
+def missing(executable):
+    """A message for a person when ``executable`` is not on the host, else None."""
+    if os.path.exists(executable):
+        return None
+    return ("%s not found: virtdeb is not installed on this host; install the virtdeb"
+            " package first (the virtdeb.libvirt_host.virtdeb role does)" % executable)
 
 
 def host_args(params):
@@ -36,24 +40,36 @@ def host_args(params):
 
 
 def apply_argv(executable, params, dry_run):
-    argv = [executable, "apply"] + host_args(params)
+    argv = [executable, "apply", "--json"] + host_args(params)
     if dry_run:
         argv.append("--dry-run")
     return argv + ["--"] + list(params["rules"])
 
 
-def parse_apply(stdout):
-    """(changes, journal_id, diff) from the output of ``virtdeb apply [--dry-run]``."""
-    lines = stdout.splitlines(True)
-    for i in range(len(lines) - 1, -1, -1):
-        line = lines[i].rstrip("\n")
-        if line.startswith(NOTHING):
-            return 0, None, ""
-        m = _DRY_RUN.match(line)
-        if m:
-            return int(m.group(1)), None, "".join(lines[:i])
-        m = _APPLIED.match(line)
-        if m:
-            return int(m.group(1)), m.group(2), "".join(lines[:i])
-    raise VirtdebOutputError("virtdeb apply printed none of its closing lines: %r"
-                             % stdout[-500:])
+def parse_result(stdout):
+    """The JSON result virtdeb printed, checked to be of the schema this module reads."""
+    try:
+        result = json.loads(stdout)
+    except ValueError:
+        raise VirtdebOutputError("virtdeb printed no JSON result: %r" % stdout[-500:])
+    if not isinstance(result, dict) or result.get("schema") != SCHEMA:
+        found = result.get("schema") if isinstance(result, dict) else None
+        raise VirtdebOutputError("virtdeb printed a result of schema %r; this module reads"
+                                 " schema %d (update the collection or virtdeb)"
+                                 % (found, SCHEMA))
+    return result
+
+
+def summarise(result):
+    """What the module returns: ``changed`` (in check mode: would change), the number of
+    changes, the journal id, the diff, what was refused, and virtdeb's error if any."""
+    changes = result.get("changes") or []
+    would = bool(changes) if result.get("dry_run") else bool(result.get("changed"))
+    out = dict(changed=would, changes=len(changes),
+               diff="".join(c.get("diff", "") for c in changes),
+               refused=result.get("refused") or [])
+    if result.get("journal"):
+        out["journal_id"] = result["journal"]
+    if result.get("error"):
+        out["error"] = result["error"].get("message") or "virtdeb failed"
+    return out

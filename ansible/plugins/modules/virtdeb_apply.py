@@ -14,7 +14,9 @@ version_added: "1.0.0"
 description:
   - Runs C(virtdeb apply RULE...), which makes the changes libvirt's README.Debian asks
     for, journaled and revertible with C(virtdeb revert).
-  - Reports C(changed) only when virtdeb made a change; a second run changes nothing.
+  - Reads the JSON result of C(virtdeb apply --json) (schema 1). Reports C(changed)
+    only when virtdeb made a change; a second run changes nothing.
+  - Fails with a clear message on a host where virtdeb is not installed.
   - In check mode runs C(virtdeb apply --dry-run) and writes nothing; in diff mode the
     diff shown is virtdeb's own unified diff of the plan.
 options:
@@ -69,19 +71,25 @@ journal_id:
   description: The journal entry of the apply (C(virtdeb revert ID) undoes it).
   returned: when changed and not in check mode
   type: str
+refused:
+  description: Changes virtdeb planned and did not make, each with C(rule), C(target)
+    and C(reason).
+  returned: always
+  type: list
+  elements: dict
 stdout:
-  description: What virtdeb printed.
+  description: What virtdeb printed, its JSON result (C(virtdeb apply --json)).
   returned: always
   type: str
 """
-
-import os
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.virtdeb.libvirt_host.plugins.module_utils.virtdeb import (
     VirtdebOutputError,
     apply_argv,
-    parse_apply,
+    missing,
+    parse_result,
+    summarise,
 )
 
 
@@ -98,23 +106,21 @@ def main():
     )
     if not module.params["rules"]:
         module.fail_json(msg="rules: name at least one rule")
-    if module.check_mode and not os.path.exists(module.params["executable"]):
-        # a host the same play would install virtdeb on: nothing to ask yet
-        module.exit_json(changed=True, changes=0, stdout="", msg="%s is not installed yet"
-                         % module.params["executable"])
+    absent = missing(module.params["executable"])
+    if absent:
+        module.fail_json(msg=absent)
     argv = apply_argv(module.params["executable"], module.params, module.check_mode)
     rc, out, err = module.run_command(argv, environ_update={"LC_ALL": "C.UTF-8"})
-    if rc != 0:
-        module.fail_json(msg=(err.strip() or out.strip() or "virtdeb apply failed"),
-                         rc=rc, stdout=out, stderr=err, cmd=argv)
     try:
-        changes, journal_id, diff = parse_apply(out)
+        summary = summarise(parse_result(out))
     except VirtdebOutputError as exc:
-        module.fail_json(msg=str(exc), rc=rc, stdout=out, stderr=err, cmd=argv)
-    result = dict(changed=changes > 0, changes=changes, stdout=out, stderr=err, cmd=argv)
-    if journal_id is not None:
-        result["journal_id"] = journal_id
-    if module._diff and changes:
+        module.fail_json(msg=err.strip() or str(exc), rc=rc, stdout=out, stderr=err, cmd=argv)
+    diff = summary.pop("diff")
+    result = dict(summary, stdout=out, stderr=err, cmd=argv, rc=rc)
+    if rc != 0 or "error" in summary:
+        module.fail_json(msg=summary.get("error") or err.strip() or "virtdeb apply failed",
+                         **result)
+    if module._diff and summary["changes"]:
         result["diff"] = dict(prepared=diff)
     module.exit_json(**result)
 
