@@ -2,8 +2,9 @@
 """Benchmark: ``virtdeb cpu-baseline`` over N = 1, 3, 8 hosts vs the admin's virsh recipe.
 
 Every "host" is a real private libvirtd (tests/harness/libvirtd.py) with GUESTS
-defined domains (custom CPUs: the host-model written out, pentium3, and one
-needing features no host has).  Same run, same hosts, for each N:
+defined domains (custom CPUs: the host-model written out, a usable named model, and
+one needing features no host has, all read from what libvirt reports).  Same run,
+same hosts, for each N:
 
 * virtdeb: ``virtdeb cpu-baseline --json URI...`` in a subprocess (interpreter
   start included);
@@ -22,11 +23,11 @@ import contextlib
 import os
 import sys
 import tempfile
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from common import ENV, PY, best, command, ratio_line, runs
 
+from tests.harness import cpucaps
 from tests.harness.libvirtd import PrivateLibvirtd, skip_reason
 
 SIZES = (1, 3, 8)
@@ -62,14 +63,6 @@ def domain(name: str, cpu: str) -> str:
             f"<os><type arch='x86_64' machine='pc'>hvm</type></os>{cpu}</domain>")
 
 
-def host_model_cpu(conn: object, extra: str = "") -> str:
-    caps = ET.fromstring(conn.getDomainCapabilities(None, None, None, None, 0))  # type: ignore
-    mode = caps.find("cpu/mode[@name='host-model']")
-    assert mode is not None
-    body = "".join(ET.tostring(c, encoding="unicode") for c in mode)
-    return f"<cpu mode='custom' match='exact'>{body}{extra}</cpu>"
-
-
 def start(n: int) -> PrivateLibvirtd:
     # one core at start: libvirt's qemu capabilities cache holds CPUID, which differs per
     # core on this VM (a mismatch costs a 4 s re-probe per daemon, not what a host pays)
@@ -81,10 +74,10 @@ def start(n: int) -> PrivateLibvirtd:
         os.sched_setaffinity(0, mask)
     conn = daemon.connect()
     try:
-        needs = ("<feature policy='require' name='avx512f'/>"
-                 "<feature policy='require' name='sha-ni'/>")
-        cpus = [host_model_cpu(conn), "<cpu mode='custom' match='exact'>"
-                "<model fallback='forbid'>pentium3</model></cpu>", host_model_cpu(conn, needs)]
+        # from what libvirt reports, never this machine's model or features by name
+        cpus = [cpucaps.host_model_cpu(conn), "<cpu mode='custom' match='exact'><model"
+                f" fallback='forbid'>{cpucaps.usable_models(conn)[0]}</model></cpu>",
+                cpucaps.host_model_cpu(conn, cpucaps.lacking(conn))]
         for i in range(GUESTS):
             conn.defineXML(domain(f"h{n}g{i}", cpus[i % len(cpus)]))
     finally:
