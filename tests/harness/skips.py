@@ -23,6 +23,8 @@ EXPECTED: list[tuple[str, str, str]] = [
      " a failure; a suite's chroot has no ansible and no fleet images"),
     ("tests/test_network.py::test_firewall_backend_through_libvirts_lens", r"libvirt < 10\.4",
      "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
+    ("tests/test_guestnet.py::test_network_conf_backend_and_bad_values", r"libvirt < 10\.4",
+     "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
 ]
 
 _seen: list[tuple[str, str]] = []

@@ -1,0 +1,281 @@
+"""Rule ``guestnet``: why a guest on the default NAT network has no network.
+
+README.Debian's NAT section ends at "start it, autostart it, and have the
+packages".  What takes guests off the network on today's Debian hosts is mostly
+something else; this rule checks it, read-only:
+
+- the firewall backend libvirt writes its rules with: ``firewall_backend`` in
+  /etc/libvirt/network.conf (libvirt >= 10.4, read through libvirt's lens), else
+  iptables when installed, else nftables; libvirt < 10.4 (bookworm's 9.0) has
+  no network.conf and uses iptables only;
+- the forward hook of iptables-legacy, iptables-nft and native nftables: a DROP
+  policy (Docker, ufw's DEFAULT_FORWARD_POLICY="DROP") in a table libvirt does
+  not write to drops guests' forwarded traffic, because a packet must be
+  accepted by every table that hooks forward;
+- IP forwarding: the kernel's ``net.ipv4.ip_forward`` and the sysctl files that
+  set it to 0;
+- a program bound to port 53 on every address (libvirt's dnsmasq then cannot
+  start: "Address already in use");
+- an active default network whose subnet a route or address of another device
+  overlaps (a VPN, Docker's bridge); an inactive one is rule ``network``'s.
+
+A file virtdeb must read and cannot (network.conf malformed, an unknown
+``firewall_backend``) is an error: one line naming the file and line, nothing
+written.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from virtdeb import fsio
+from virtdeb.errors import LibvirtError, ParseError, VirtdebError
+from virtdeb.rules import Finding, Rule, Status, register
+from virtdeb.rules.network import (
+    BACKENDS,
+    FIREWALL_SINCE,
+    MIN_PREFIX,
+    NAME,
+    NETWORK_CONF,
+    firewall_backend,
+    xml_subnet,
+)
+from virtdeb.system import dpkg as sysdpkg
+from virtdeb.system import firewall as fw
+from virtdeb.system import listeners, sysctl
+from virtdeb.system import net as sysnet
+from virtdeb.system.libvirt import lookup_network
+
+log = logging.getLogger(__name__)
+
+DNS_PORT = 53
+RESTART = "and restart libvirtd"
+
+
+def backend_line(host: Any) -> int | None:
+    """The line of the last ``firewall_backend`` setting in network.conf, or None."""
+    data = fsio.read_bytes(host.path(NETWORK_CONF), NETWORK_CONF) or b""
+    found = None
+    for number, line in enumerate(data.decode("utf-8", "replace").splitlines(), 1):
+        if line.strip().startswith("firewall_backend"):
+            found = number
+    return found
+
+
+class Backend:
+    """Which backend libvirt uses, why, and the table it writes to."""
+
+    def __init__(self, name: str, why: str, modern: bool) -> None:
+        self.name = name      # iptables or nftables
+        self.why = why        # for a person
+        self.modern = modern  # libvirt >= 10.4: network.conf can choose
+
+
+def libvirt_backend(host: Any) -> Backend | None:
+    """libvirt's firewall backend, or None when no libvirt daemon is installed."""
+    version = sysdpkg.libvirt_version(host)
+    if version is None:
+        return None
+    from debian.debian_support import Version
+
+    if Version(version) < Version(FIREWALL_SINCE):
+        return Backend("iptables", f"libvirt {version} has no {NETWORK_CONF}: it writes its"
+                       " rules with iptables only", modern=False)
+    configured = firewall_backend(host)
+    if configured is not None and configured not in BACKENDS:
+        raise ParseError(NETWORK_CONF, backend_line(host), None,
+                         f"unknown firewall_backend {configured!r}",
+                         f"set it to \"iptables\" or \"nftables\" (libvirt {version} knows"
+                         f" no other) {RESTART}")
+    if configured is not None:
+        return Backend(configured, f"firewall_backend = {configured} in {NETWORK_CONF}"
+                       f" (libvirt {version})", modern=True)
+    chosen = "iptables" if host.installed("iptables") else "nftables"
+    return Backend(chosen, f"libvirt {version}, no firewall_backend in {NETWORK_CONF}:"
+                   f" {chosen}, the first of iptables, nftables installed", modern=True)
+
+
+@register
+class GuestNet(Rule):
+    name = "guestnet"
+    title = "why a guest has no network"
+    postinst = False
+
+    def check(self) -> list[Finding]:
+        net, active = self._network()
+        bridge, subnet = _bridge_and_subnet(net)
+        out = self._firewall(bridge)
+        out += self._forwarding(active)
+        out += self._port53(active)
+        if active and subnet is not None:
+            out += self._collision(subnet, bridge)
+        return out
+
+    # -- libvirt's network ------------------------------------------------------
+    def _network(self) -> tuple[Any, bool]:
+        try:
+            net = lookup_network(self.host, NAME)
+            return net, net is not None and bool(net.isActive())
+        except LibvirtError as exc:
+            log.info("guestnet: %s", exc)
+            return None, False
+
+    # -- firewall ---------------------------------------------------------------
+    def _firewall(self, bridge: str) -> list[Finding]:
+        backend = libvirt_backend(self.host)
+        if backend is None:
+            return [self.finding(Status.NA, "no libvirt daemon installed")]
+        out = [self.finding(Status.NOTE, f"libvirt's firewall backend: {backend.name}"
+                            f" ({backend.why})")]
+        chains, missing = self._forward_chains()
+        if backend.name == "iptables":
+            try:
+                writes_to = fw.iptables_flavor(self.host)
+            except fw.ToolMissing:
+                writes_to = "iptables-nft"  # Debian's default alternative
+        else:
+            writes_to = f"nft table inet {fw.LIBVIRT_NFT_TABLE}"
+            if "nft" in missing:
+                out.append(self.finding(Status.FAIL, "libvirt's backend is nftables but the"
+                                        " nft command is missing: the network cannot start",
+                                        "apt install nftables, or set firewall_backend ="
+                                        f" \"iptables\" in {NETWORK_CONF} {RESTART}"))
+        out += [self.finding(Status.NOTE, f"{tool} is not installed: its forward rules are"
+                             " not checked") for tool in missing
+                if not (tool == "nft" and backend.name == "nftables")]
+        dropping = [c for c in chains if c.drops and c.where != writes_to]
+        for chain in dropping:
+            out.append(self.finding(Status.FAIL, "guests' forwarded traffic is dropped by the"
+                                    f" {chain.where} {chain.chain} chain ({_why(chain)}),"
+                                    f" which libvirt's {backend.name} backend does not write"
+                                    " to", _drop_hint(chain, backend, writes_to, bridge)))
+        if not dropping:
+            checked = ", ".join(sorted({c.where for c in chains})) or "no forward chain found"
+            out.append(self.finding(Status.PASS, "no firewall drops guests' forwarded traffic"
+                                    f" ({checked})"))
+        return out
+
+    def _forward_chains(self) -> tuple[list[fw.ForwardChain], list[str]]:
+        chains: list[fw.ForwardChain] = []
+        missing = []
+        for flavor in ("iptables-legacy", "iptables-nft"):
+            try:
+                chain = fw.iptables_forward(self.host, flavor)
+            except fw.ToolMissing:
+                missing.append(flavor)
+                continue
+            if chain is not None:
+                chains.append(chain)
+        try:
+            chains += fw.nft_forward(self.host)
+        except fw.ToolMissing:
+            missing.append("nft")
+        return chains, missing
+
+    # -- IP forwarding ------------------------------------------------------------
+    def _forwarding(self, active: bool) -> list[Finding]:
+        out = []
+        sets = sysctl.assignments(self.host)
+        off = [a for a in sets if a.value == "0"]
+        last_off = bool(sets) and sets[-1].value == "0"
+        remove = f"; remove {', '.join(a.where for a in off)}" if off else ""
+        runtime = sysctl.runtime_ip_forward(self.host)
+        if runtime == "0" and active:
+            out.append(self.finding(Status.FAIL, f"IP forwarding is off ({sysctl.IP_FORWARD}"
+                                    f" = 0) while network '{NAME}' is active: guests reach"
+                                    " nothing beyond the host",
+                                    f"sysctl -w {sysctl.IP_FORWARD}=1 (libvirt sets it when it"
+                                    f" starts the network){remove}"))
+        elif runtime == "0":
+            out.append(self.finding(Status.NOTE, f"IP forwarding is off ({sysctl.IP_FORWARD}"
+                                    f" = 0); libvirt turns it on when it starts network"
+                                    f" '{NAME}'"))
+        elif runtime == "1":
+            out.append(self.finding(Status.PASS, f"IP forwarding is on ({sysctl.IP_FORWARD}"
+                                    " = 1)"))
+        if last_off:
+            out.append(self.finding(Status.WARN, f"{sets[-1].where} sets {sets[-1].key} = 0:"
+                                    " after the next boot (or sysctl --system) guests reach"
+                                    " nothing beyond the host until libvirt restarts the"
+                                    " network", f"remove that line, or set it to 1{remove}"))
+        return out
+
+    # -- port 53 --------------------------------------------------------------------
+    def _port53(self, active: bool) -> list[Finding]:
+        taken = listeners.wildcard_listeners(self.host, DNS_PORT)
+        if not taken:
+            return [self.finding(Status.PASS, f"no program holds port {DNS_PORT} on every"
+                                 " address")]
+        who = "; ".join(f"{lst.who()} on {lst.proto} {lst.address}" for lst in taken)
+        comms = {comm for lst in taken for _, comm in lst.processes}
+        effect = ("the network runs now, but will not start again" if active else
+                  f"virsh net-start {NAME} fails with \"Address already in use\"")
+        return [self.finding(Status.WARN if active else Status.FAIL,
+                             f"port {DNS_PORT} is taken on every address by {who}: libvirt's"
+                             f" dnsmasq cannot bind it ({effect})", _port53_hint(comms))]
+
+    # -- subnet --------------------------------------------------------------------
+    def _collision(self, subnet: ipaddress.IPv4Network, bridge: str) -> list[Finding]:
+        try:
+            used = [*((i.network, dev) for i, dev in sysnet.addresses_on(self.host)),
+                    *sysnet.routes_on(self.host)]
+        except VirtdebError as exc:
+            return [self.finding(Status.NOTE, "cannot list the host's addresses and routes",
+                                 exc.message)]
+        clash = sorted({f"{n} ({dev or 'no device'})" for n, dev in used
+                        if dev != bridge and n.prefixlen >= MIN_PREFIX and n.overlaps(subnet)})
+        if not clash:
+            return [self.finding(Status.PASS, f"network '{NAME}' ({subnet}) overlaps no other"
+                                 " route or address")]
+        return [self.finding(Status.FAIL, f"network '{NAME}' ({subnet} on {bridge}) overlaps"
+                             f" {', '.join(clash)}: guests' traffic to that range goes the"
+                             " wrong way",
+                             f"virsh net-destroy {NAME}, then virtdeb apply network moves it"
+                             " to a free subnet")]
+
+
+def _bridge_and_subnet(net: Any) -> tuple[str, ipaddress.IPv4Network | None]:
+    if net is None:
+        return "virbr0", None
+    try:
+        xml = net.XMLDesc(0)  # the live definition: what the running network uses
+        bridge = str(net.bridgeName())
+    except LibvirtError as exc:
+        log.info("guestnet: %s", exc)
+        return "virbr0", None
+    return bridge, xml_subnet(xml)
+
+
+def _why(chain: fw.ForwardChain) -> str:
+    return f"policy {chain.policy}" if chain.policy.upper() == "DROP" else \
+        "its last rule drops everything"
+
+
+def _drop_hint(chain: fw.ForwardChain, backend: Backend, writes_to: str, bridge: str) -> str:
+    if chain.where.startswith("iptables"):
+        cmd = chain.where
+        if backend.modern and backend.name == "nftables" and chain.where == "iptables-nft":
+            return (f"set firewall_backend = \"iptables\" in {NETWORK_CONF} {RESTART}: libvirt"
+                    f" then writes its rules into that table (virtdeb apply guestnet, with"
+                    " allow_edit = network.conf)")
+        accept = f"{cmd} -I FORWARD -i {bridge} -j ACCEPT; {cmd} -I FORWARD -o {bridge}" \
+                 " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+        extra = (f" (libvirt writes into {writes_to}: point the iptables alternative at"
+                 f" {cmd} with update-alternatives --set iptables /usr/sbin/{cmd})"
+                 if backend.name == "iptables" else "")
+        return f"accept {bridge}'s traffic there: {accept} (Docker: chain DOCKER-USER){extra}"
+    return (f"accept {bridge}'s traffic in {chain.where} chain {chain.chain}: iifname"
+            f" \"{bridge}\" accept; oifname \"{bridge}\" ct state established,related accept")
+
+
+def _port53_hint(comms: Sequence[str] | set[str]) -> str:
+    if "dnsmasq" in comms:
+        return ("virtdeb apply dnsmasq (the drop-in with interface=lo and bind-interfaces"
+                " for Debian's dnsmasq), then restart dnsmasq")
+    if "named" in comms:
+        return ("list the addresses bind9 serves in listen-on { ...; }; of"
+                " /etc/bind/named.conf.options (not every address)")
+    return "make that program listen on the addresses it serves, not on every address"

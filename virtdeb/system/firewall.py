@@ -1,0 +1,131 @@
+"""The forward hook of the host's firewalls: iptables-legacy, iptables-nft, native nft.
+
+A forwarded packet must be accepted by every table that hooks netfilter's
+forward hook.  libvirt writes its rules into one of them: with its iptables
+backend into the tables of the ``iptables`` command (legacy or nf_tables, as the
+alternative points), with its nftables backend into its own native table
+``libvirt_network``.  A DROP policy of any other forward chain drops guests'
+traffic (Docker and ufw set one).
+
+Read with ``iptables-legacy -S FORWARD``, ``iptables-nft -S FORWARD`` and
+``nft -j list ruleset`` through :meth:`Host.run`, in the Host's network
+namespace when it names one.  iptables-legacy is asked only when the kernel has
+a legacy filter table (/proc/net/ip_tables_names): asking would load it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from virtdeb.errors import SystemCommandError
+from virtdeb.host import Host
+from virtdeb.system.procfs import in_netns, net_text
+
+LIBVIRT_NFT_TABLE = "libvirt_network"
+# the tables iptables-nft makes in nf_tables: iptables -S shows them already
+IPTABLES_NFT_TABLES = {("ip", "filter"), ("ip6", "filter")}
+
+
+class ToolMissing(Exception):
+    """The command is not installed (in the Host's view)."""
+
+
+@dataclass(frozen=True)
+class ForwardChain:
+    """A chain on the forward hook and what it does to a packet no rule accepts."""
+
+    where: str    # "iptables-nft", "iptables-legacy", "nft table inet fw"
+    chain: str
+    policy: str   # ACCEPT or DROP
+    drops_rest: bool = False  # ends with an unconditional -j DROP / REJECT
+
+    @property
+    def drops(self) -> bool:
+        return self.policy.upper() == "DROP" or self.drops_rest
+
+
+def tool_output(host: Host, argv: list[str]) -> str:
+    """The output of a read-only firewall command; ToolMissing when it is not installed."""
+    try:
+        proc = host.run(in_netns(host, argv), check=False)
+    except SystemCommandError as exc:  # not found (no netns)
+        raise ToolMissing(argv[0]) from exc
+    if proc.returncode != 0:
+        err = (proc.stderr or proc.stdout).strip()
+        if "No such file or directory" in err and argv[0] in err:  # ip netns exec
+            raise ToolMissing(argv[0])
+        raise SystemCommandError(f"{' '.join(argv)} failed ({proc.returncode}): "
+                                 f"{err.splitlines()[-1] if err else 'no output'}")
+    return proc.stdout
+
+
+def parse_iptables_forward(where: str, text: str) -> ForwardChain | None:
+    """The FORWARD chain of ``iptables -S FORWARD`` output, or None when it has no policy."""
+    policy = None
+    last_rule = ""
+    for line in text.splitlines():
+        words = line.split()
+        if words[:2] == ["-P", "FORWARD"] and len(words) >= 3:
+            policy = words[2]
+        elif words[:2] == ["-A", "FORWARD"]:
+            last_rule = " ".join(words[2:])
+    if policy is None:
+        return None
+    return ForwardChain(where, "FORWARD", policy,
+                        drops_rest=last_rule in ("-j DROP", "-j REJECT"))
+
+
+def iptables_flavor(host: Host) -> str:
+    """What the ``iptables`` command is: "iptables-nft" or "iptables-legacy"."""
+    out = tool_output(host, ["iptables", "-V"])
+    return "iptables-nft" if "nf_tables" in out else "iptables-legacy"
+
+
+def iptables_forward(host: Host, flavor: str) -> ForwardChain | None:
+    """The FORWARD chain of ``flavor`` (iptables-nft or iptables-legacy), or None."""
+    if flavor == "iptables-legacy":
+        names = net_text(host, "/proc/net/ip_tables_names") or ""
+        if "filter" not in names.split():
+            return None  # no legacy filter table: nothing hooks forward there
+    return parse_iptables_forward(flavor, tool_output(host, [flavor, "-S", "FORWARD"]))
+
+
+def parse_nft_forward(text: str) -> list[ForwardChain]:
+    """The native nftables base chains on the forward hook (``nft -j list ruleset``),
+    without those iptables-nft made."""
+    try:
+        data = json.loads(text or "{}")
+    except ValueError as exc:
+        raise SystemCommandError(f"nft -j list ruleset: unreadable JSON output ({exc})") from exc
+    items = data.get("nftables", []) if isinstance(data, dict) else []
+    chains: dict[tuple[str, str, str], dict[str, object]] = {}
+    last_verdict: dict[tuple[str, str, str], str] = {}
+    for item in items:
+        if not isinstance(item, dict):
+            continue
+        if isinstance(item.get("chain"), dict):
+            chain = item["chain"]
+            key = (str(chain.get("family")), str(chain.get("table")), str(chain.get("name")))
+            if chain.get("hook") == "forward":
+                chains[key] = chain
+        elif isinstance(item.get("rule"), dict):
+            rule = item["rule"]
+            key = (str(rule.get("family")), str(rule.get("table")), str(rule.get("chain")))
+            expr = rule.get("expr") or []
+            verdict = ""
+            if isinstance(expr, list) and len(expr) == 1 and isinstance(expr[0], dict):
+                verdict = next((v for v in ("drop", "reject") if v in expr[0]), "")
+            last_verdict[key] = verdict
+    out = []
+    for (family, table, name), chain in chains.items():
+        if (family, table) in IPTABLES_NFT_TABLES and name == "FORWARD":
+            continue
+        out.append(ForwardChain(f"nft table {family} {table}", name,
+                                str(chain.get("policy", "accept")).upper(),
+                                drops_rest=bool(last_verdict.get((family, table, name)))))
+    return out
+
+
+def nft_forward(host: Host) -> list[ForwardChain]:
+    return parse_nft_forward(tool_output(host, ["nft", "-j", "list", "ruleset"]))
