@@ -104,6 +104,10 @@ def test_parse_iptables_forward() -> None:
     chain = fw.parse_iptables_forward("iptables-nft", ACCEPT + "-A FORWARD -i x -j DROP\n")
     assert chain is not None and not chain.drops
     assert fw.parse_iptables_forward("iptables-legacy", "") is None
+    chain = fw.parse_iptables_forward("iptables-legacy", DOCKER + "-A FORWARD -i virbr0 -j"
+                                      " ACCEPT\n")
+    assert chain is not None and chain.drops and not chain.drops_guests("virbr0")
+    assert chain.drops_guests("virbr1")
 
 
 def test_parse_nft_forward_skips_iptables_nft_tables() -> None:
@@ -142,7 +146,6 @@ def test_legacy_drop_when_libvirt_writes_nft(tmp_path: Path) -> None:
                             " FORWARD chain (policy DROP), which libvirt's iptables backend"
                             " does not write to")
     assert "iptables-legacy -I FORWARD -i virbr0 -j ACCEPT" in fail.hint
-    assert "update-alternatives --set iptables /usr/sbin/iptables-legacy" in fail.hint
 
 
 def test_legacy_not_asked_without_its_filter_table(tmp_path: Path) -> None:

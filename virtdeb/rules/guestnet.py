@@ -146,12 +146,12 @@ class GuestNet(Rule):
         out += [self.finding(Status.NOTE, f"{tool} is not installed: its forward rules are"
                              " not checked") for tool in missing
                 if not (tool == "nft" and backend.name == "nftables")]
-        dropping = [c for c in chains if c.drops and c.where != writes_to]
+        dropping = [c for c in chains if c.drops_guests(bridge) and c.where != writes_to]
         for chain in dropping:
             out.append(self.finding(Status.FAIL, "guests' forwarded traffic is dropped by the"
                                     f" {chain.where} {chain.chain} chain ({_why(chain)}),"
                                     f" which libvirt's {backend.name} backend does not write"
-                                    " to", _drop_hint(chain, backend, writes_to, bridge)))
+                                    " to", _drop_hint(chain, backend, bridge)))
         if not dropping:
             checked = ", ".join(sorted({c.where for c in chains})) or "no forward chain found"
             out.append(self.finding(Status.PASS, "no firewall drops guests' forwarded traffic"
@@ -254,7 +254,7 @@ def _why(chain: fw.ForwardChain) -> str:
         "its last rule drops everything"
 
 
-def _drop_hint(chain: fw.ForwardChain, backend: Backend, writes_to: str, bridge: str) -> str:
+def _drop_hint(chain: fw.ForwardChain, backend: Backend, bridge: str) -> str:
     if chain.where.startswith("iptables"):
         cmd = chain.where
         if backend.modern and backend.name == "nftables" and chain.where == "iptables-nft":
@@ -263,10 +263,8 @@ def _drop_hint(chain: fw.ForwardChain, backend: Backend, writes_to: str, bridge:
                     " allow_edit = network.conf)")
         accept = f"{cmd} -I FORWARD -i {bridge} -j ACCEPT; {cmd} -I FORWARD -o {bridge}" \
                  " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
-        extra = (f" (libvirt writes into {writes_to}: point the iptables alternative at"
-                 f" {cmd} with update-alternatives --set iptables /usr/sbin/{cmd})"
-                 if backend.name == "iptables" else "")
-        return f"accept {bridge}'s traffic there: {accept} (Docker: chain DOCKER-USER){extra}"
+        docker = " (Docker: in chain DOCKER-USER)" if cmd == "iptables-nft" else ""
+        return f"accept {bridge}'s traffic there: {accept}{docker}"
     return (f"accept {bridge}'s traffic in {chain.where} chain {chain.chain}: iifname"
             f" \"{bridge}\" accept; oifname \"{bridge}\" ct state established,related accept")
 

@@ -39,10 +39,18 @@ class ForwardChain:
     chain: str
     policy: str   # ACCEPT or DROP
     drops_rest: bool = False  # ends with an unconditional -j DROP / REJECT
+    rules: tuple[str, ...] = ()  # iptables: the rules of the chain, after "-A FORWARD"
 
     @property
     def drops(self) -> bool:
         return self.policy.upper() == "DROP" or self.drops_rest
+
+    def drops_guests(self, bridge: str) -> bool:
+        """Whether it drops what comes in from ``bridge``: it drops the rest and no rule
+        accepts ``-i BRIDGE`` (an admin's or libvirt's own accept)."""
+        accepts = any(f"-i {bridge} " in f"{rule} " and rule.endswith("-j ACCEPT")
+                      for rule in self.rules)
+        return self.drops and not accepts
 
 
 def tool_output(host: Host, argv: list[str]) -> str:
@@ -63,17 +71,17 @@ def tool_output(host: Host, argv: list[str]) -> str:
 def parse_iptables_forward(where: str, text: str) -> ForwardChain | None:
     """The FORWARD chain of ``iptables -S FORWARD`` output, or None when it has no policy."""
     policy = None
-    last_rule = ""
+    rules = []
     for line in text.splitlines():
         words = line.split()
         if words[:2] == ["-P", "FORWARD"] and len(words) >= 3:
             policy = words[2]
         elif words[:2] == ["-A", "FORWARD"]:
-            last_rule = " ".join(words[2:])
+            rules.append(" ".join(words[2:]))
     if policy is None:
         return None
-    return ForwardChain(where, "FORWARD", policy,
-                        drops_rest=last_rule in ("-j DROP", "-j REJECT"))
+    return ForwardChain(where, "FORWARD", policy, rules=tuple(rules),
+                        drops_rest=bool(rules) and rules[-1] in ("-j DROP", "-j REJECT"))
 
 
 def iptables_flavor(host: Host) -> str:

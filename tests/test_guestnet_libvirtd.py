@@ -1,0 +1,230 @@
+"""Rule ``guestnet`` on the real datapath, in private namespaces only.
+
+A private libvirtd (tests/harness/libvirtd.py) starts the default NAT network
+from libvirt's template.  Two more network namespaces of this test's own:
+
+    guest  --veth-->  virbr0 [libvirtd's netns, libvirt's NAT]  --veth-->  upstream
+
+The "guest" has an address of the network's DHCP range and its gateway as
+default route; "upstream" listens on a TCP port on a TEST-NET-2 address that
+only the libvirtd's namespace has a route to, so the guest gets through only
+by libvirt's forwarding and masquerading.  The firewall changes (a foreign
+FORWARD policy DROP, as Docker and ufw set) are made inside the libvirtd's
+netns only; everything goes with the namespaces.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.harness.libvirtd import NETNS_PREFIX, PrivateLibvirtd, netns_pids
+from virtdeb.host import Host
+from virtdeb.rules import Finding, Status
+from virtdeb.rules.guestnet import GuestNet
+from virtdeb.rules.network import BUILTIN_TEMPLATE, TEMPLATE, xml_subnet
+from virtdeb.system import firewall as fw
+
+pytestmark = pytest.mark.integration
+UPLINK = ipaddress.IPv4Network("198.51.100.0/24")  # TEST-NET-2, inside namespaces only
+PORT = 8053
+SERVER = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+s.listen(8)
+print("ready", flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b"upstream\\n")
+    c.close()
+"""
+CLIENT = """
+import socket, sys
+try:
+    with socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])) as c:
+        sys.stdout.write(c.recv(64).decode())
+except OSError as exc:
+    sys.stdout.write(f"{type(exc).__name__}: {exc}\\n")
+    sys.exit(1)
+"""
+DNS = """
+import socket, sys
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+u.bind(("0.0.0.0", 53))
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.bind(("0.0.0.0", 53))
+t.listen(1)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(argv), capture_output=True, text=True, check=check,
+                          stdin=subprocess.DEVNULL)
+
+
+class Path3:
+    """The guest, upstream namespaces and the wiring around libvirtd's network."""
+
+    def __init__(self, libvirtd: PrivateLibvirtd, tmp: Path) -> None:
+        tag = f"{NETNS_PREFIX}{__import__('os').getpid()}-{secrets.token_hex(3)}"
+        self.libvirtd = libvirtd
+        self.guest, self.up = f"{tag}-g", f"{tag}-u"
+        self.tmp = tmp
+        (tmp / "server.py").write_text(SERVER)
+        (tmp / "client.py").write_text(CLIENT)
+        self.server: subprocess.Popen[str] | None = None
+
+    def wire(self, subnet: ipaddress.IPv4Network, bridge: str) -> None:
+        ns = self.libvirtd.netns
+        hosts = list(subnet.hosts())
+        up = list(UPLINK.hosts())
+        self.upstream_addr = str(up[1])
+        for name in (self.guest, self.up):
+            sh("ip", "netns", "add", name)
+            sh("ip", "-n", name, "link", "set", "lo", "up")
+        # guest <-> virbr0
+        sh("ip", "-n", ns, "link", "add", "vdg0", "type", "veth", "peer", "name", "eth0",
+           "netns", self.guest)
+        sh("ip", "-n", ns, "link", "set", "vdg0", "master", bridge, "up")
+        sh("ip", "-n", self.guest, "addr", "add", f"{hosts[-2]}/{subnet.prefixlen}",
+           "dev", "eth0")
+        sh("ip", "-n", self.guest, "link", "set", "eth0", "up")
+        sh("ip", "-n", self.guest, "route", "add", "default", "via", str(hosts[0]))
+        # libvirt's bridge runs STP: the port forwards after listening and learning
+        deadline = time.monotonic() + 30
+        while "state forwarding" not in sh("bridge", "-n", ns, "link", "show", "dev",
+                                           "vdg0").stdout:
+            assert time.monotonic() < deadline, "the guest's bridge port never forwarded"
+            time.sleep(0.2)
+        # libvirtd's netns <-> upstream
+        sh("ip", "-n", ns, "link", "add", "vdu0", "type", "veth", "peer", "name", "eth0",
+           "netns", self.up)
+        sh("ip", "-n", ns, "addr", "add", f"{up[0]}/{UPLINK.prefixlen}", "dev", "vdu0")
+        sh("ip", "-n", ns, "link", "set", "vdu0", "up")
+        sh("ip", "-n", self.up, "addr", "add", f"{up[1]}/{UPLINK.prefixlen}", "dev", "eth0")
+        sh("ip", "-n", self.up, "link", "set", "eth0", "up")
+        self.server = subprocess.Popen(
+            ["ip", "netns", "exec", self.up, sys.executable, str(self.tmp / "server.py"),
+             self.upstream_addr, str(PORT)], stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.DEVNULL)
+        assert self.server.stdout is not None and self.server.stdout.readline() == "ready\n"
+
+    def connect(self, timeout: float = 3.0) -> str:
+        """What the guest gets from upstream, or the error it meets."""
+        proc = sh("ip", "netns", "exec", self.guest, sys.executable,
+                  str(self.tmp / "client.py"), self.upstream_addr, str(PORT), str(timeout),
+                  check=False)
+        return proc.stdout.strip()
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.kill()
+            self.server.wait()
+        for name in (self.guest, self.up):
+            if Path("/run/netns", name).exists():
+                for pid in netns_pids(name):
+                    sh("kill", "-9", str(pid), check=False)
+                sh("ip", "netns", "del", name)
+        self.libvirtd.ip("link", "del", "vdu0", check=False)
+        self.libvirtd.ip("link", "del", "vdg0", check=False)
+
+
+def start_default(libvirtd: PrivateLibvirtd, conn: Any) -> Any:
+    real = Path(TEMPLATE)
+    xml = real.read_text() if real.exists() else BUILTIN_TEMPLATE
+    net = conn.networkDefineXML(xml)
+    net.create()
+    return net
+
+
+def host_of(libvirtd: PrivateLibvirtd) -> Host:
+    # the real root (dpkg status, network.conf of this system): the firewall and /proc/net
+    # are the libvirtd's netns through host.netns
+    return Host(root=Path("/"), uri=libvirtd.uri, netns=libvirtd.netns)
+
+
+def fails(findings: list[Finding]) -> list[Finding]:
+    return [f for f in findings if f.status is Status.FAIL]
+
+
+@pytest.fixture
+def datapath(libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> Iterator[Path3]:
+    net = start_default(libvirtd, libvirt_conn)
+    subnet = xml_subnet(net.XMLDesc(0))
+    assert subnet is not None
+    path = Path3(libvirtd, tmp_path)
+    try:
+        path.wire(subnet, net.bridgeName())
+        yield path
+    finally:
+        path.close()
+        for flavor in ("iptables-legacy", "iptables-nft"):
+            if shutil.which(flavor):
+                libvirtd.run_in_ns([flavor, "-P", "FORWARD", "ACCEPT"], check=False)
+
+
+def test_guest_through_nat_and_a_foreign_drop_policy(libvirtd: PrivateLibvirtd,
+                                                    datapath: Path3) -> None:
+    """The guest reaches upstream; a DROP policy in the iptables flavor libvirt does not
+    write to cuts it; doctor names that chain; the hint's accept rules bring it back."""
+    host = host_of(libvirtd)
+    assert datapath.connect() == "upstream"
+    assert fails(GuestNet(host).check()) == []
+    writes_to = fw.iptables_flavor(host)
+    # libvirt's own flavor with a DROP policy (Docker's, where Docker and libvirt share it):
+    # libvirt's rules in the same chain still accept the guest
+    libvirtd.run_in_ns([writes_to, "-P", "FORWARD", "DROP"])
+    assert datapath.connect() == "upstream"
+    assert fails(GuestNet(host).check()) == []
+    libvirtd.run_in_ns([writes_to, "-P", "FORWARD", "ACCEPT"])
+
+    other = "iptables-legacy" if writes_to == "iptables-nft" else "iptables-nft"
+    libvirtd.run_in_ns([other, "-P", "FORWARD", "DROP"])
+    assert datapath.connect(timeout=2).startswith("TimeoutError"), \
+        "a DROP policy in the other iptables flavor drops forwarded packets"
+    [fail] = fails(GuestNet(host).check())
+    assert fail.message.startswith(f"guests' forwarded traffic is dropped by the {other}"
+                                   " FORWARD chain (policy DROP), which libvirt's")
+    print(f"\n{fail.message}\n  hint: {fail.hint}")
+    accept = fail.hint.split("there: ", 1)[1].split(" (Docker", 1)[0]
+    for command in accept.split("; "):
+        libvirtd.run_in_ns(command.split())
+    assert datapath.connect() == "upstream"
+    assert fails(GuestNet(host).check()) == []
+
+
+def test_port53_taken(libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> None:
+    """A program on 0.0.0.0:53 in the netns: net-start fails, doctor names it; once it is
+    gone the network starts."""
+    script = tmp_path / "dns.py"
+    script.write_text(DNS)
+    dns = libvirtd.popen_in_ns([sys.executable, str(script)], mounts=False,
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert dns.stdout is not None and dns.stdout.readline() == "ready\n"
+        with pytest.raises(Exception, match="Address already in use"):
+            start_default(libvirtd, libvirt_conn)
+        found = [f for f in GuestNet(host_of(libvirtd)).check() if "port 53" in f.message]
+        assert [f.status for f in found] == [Status.FAIL]
+        comm = Path(f"/proc/{dns.pid}/comm").read_text().strip()
+        assert f"{comm} (pid " in found[0].message
+        print(f"\n{found[0].message}\n  hint: {found[0].hint}")
+    finally:
+        dns.kill()
+        dns.wait()
+    time.sleep(0.2)
+    libvirt_conn.networkLookupByName("default").create()
+    found = [f for f in GuestNet(host_of(libvirtd)).check() if "port 53" in f.message]
+    assert [f.status for f in found] == [Status.PASS]
