@@ -324,3 +324,32 @@ def test_collision_of_an_active_network(tmp_path: Path) -> None:
     host = CannedHost(tmp_path, {**tools(nft=nft_json()), **ip_outputs("virbr0")},
                       uri="test:///default")
     assert Status.FAIL not in [f.status for f in GuestNet(host).check()]
+
+
+@pytest.mark.skipif(not LENS.exists(), reason="libvirt < 10.4 (bookworm) has no network.conf"
+                    " and no Libvirtd_network lens")
+def test_plan_switches_to_iptables_next_to_docker(tmp_path: Path) -> None:
+    """nftables backend + Docker's iptables-nft DROP: the plan sets firewall_backend =
+    "iptables" in network.conf (foreign: libvirt's conffile), journaled and revertible."""
+    from virtdeb.journal import Journal
+
+    status(tmp_path, {"libvirt-daemon-driver-network": "11.3.0-3", "iptables": "1.8.11-2",
+                      "nftables": "1.1.3-1"})
+    original = '#firewall_backend = "iptables"\nfirewall_backend = "nftables"\n'
+    conf = write(tmp_path, "/etc/libvirt/network.conf", original)
+    host = CannedHost(tmp_path, tools(nft_compat=DOCKER, nft=nft_json()))
+    [fail] = [f for f in GuestNet(host).check() if f.status is Status.FAIL]
+    assert "virtdeb apply guestnet" in fail.hint
+    [change] = GuestNet(host).plan()
+    assert change.foreign and change.target == "/etc/libvirt/network.conf"
+    Journal(host).apply([change], "test guestnet")
+    assert conf.read_text() == '#firewall_backend = "iptables"\nfirewall_backend = "iptables"\n'
+    host = CannedHost(tmp_path, tools(nft_compat=DOCKER, nft=nft_json()))
+    assert [f for f in GuestNet(host).check() if f.status is Status.FAIL] == []
+    assert GuestNet(host).plan() == [], "a second run changes nothing"
+    Journal(host).revert()
+    assert conf.read_text() == original
+    # a native nft DROP is not the backend's to fix: no plan, a hint
+    conf.write_text(original)
+    host = CannedHost(tmp_path, tools(nft=nft_json(("inet", "fw", "forward", "drop"))))
+    assert GuestNet(host).plan() == []

@@ -32,6 +32,7 @@ FOREIGN_FILES = {
     "xend-config.sxp": "/etc/xen/xend-config.sxp",
     "bridge.conf": "/etc/qemu/bridge.conf",
     "libvirtd.conf": "/etc/libvirt/libvirtd.conf",
+    "network.conf": "/etc/libvirt/network.conf",
 }
 
 # The sections that are no rule's: virtdeb's own, and the apt hook's.

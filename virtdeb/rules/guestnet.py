@@ -29,10 +29,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from virtdeb import fsio
+from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
+from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.rules.network import (
     BACKENDS,
@@ -40,6 +43,7 @@ from virtdeb.rules.network import (
     MIN_PREFIX,
     NAME,
     NETWORK_CONF,
+    NETWORK_LENS,
     firewall_backend,
     xml_subnet,
 )
@@ -55,7 +59,7 @@ DNS_PORT = 53
 RESTART = "and restart libvirtd"
 
 
-def backend_line(host: Any) -> int | None:
+def backend_line(host: Host) -> int | None:
     """The line of the last ``firewall_backend`` setting in network.conf, or None."""
     data = fsio.read_bytes(host.path(NETWORK_CONF), NETWORK_CONF) or b""
     found = None
@@ -74,7 +78,7 @@ class Backend:
         self.modern = modern  # libvirt >= 10.4: network.conf can choose
 
 
-def libvirt_backend(host: Any) -> Backend | None:
+def libvirt_backend(host: Host) -> Backend | None:
     """libvirt's firewall backend, or None when no libvirt daemon is installed."""
     version = sysdpkg.libvirt_version(host)
     if version is None:
@@ -96,6 +100,67 @@ def libvirt_backend(host: Any) -> Backend | None:
     chosen = "iptables" if host.installed("iptables") else "nftables"
     return Backend(chosen, f"libvirt {version}, no firewall_backend in {NETWORK_CONF}:"
                    f" {chosen}, the first of iptables, nftables installed", modern=True)
+
+
+@dataclass
+class FirewallView:
+    """libvirt's backend, the table it writes to and the forward chains of the host."""
+
+    backend: Backend
+    iptables_flavor: str  # what the iptables command is (iptables-nft, iptables-legacy)
+    chains: list[fw.ForwardChain]
+    missing: list[str]    # the firewall commands not installed
+    bridge: str
+
+    @property
+    def writes_to(self) -> str:
+        if self.backend.name == "iptables":
+            return self.iptables_flavor
+        return f"nft table inet {fw.LIBVIRT_NFT_TABLE}"
+
+    @property
+    def dropping(self) -> list[fw.ForwardChain]:
+        """The forward chains that drop guests' traffic and that libvirt does not write to."""
+        return [c for c in self.chains
+                if c.drops_guests(self.bridge) and c.where != self.writes_to]
+
+    def switch_fixes(self, chain: fw.ForwardChain) -> bool:
+        """Whether libvirt's iptables backend would write into ``chain``'s table."""
+        return (self.backend.modern and self.backend.name == "nftables"
+                and "iptables" not in self.missing and chain.where == self.iptables_flavor)
+
+
+def forward_chains(host: Host) -> tuple[list[fw.ForwardChain], list[str]]:
+    """The forward chains of iptables-legacy, iptables-nft and nft; the tools missing."""
+    chains: list[fw.ForwardChain] = []
+    missing = []
+    for flavor in ("iptables-legacy", "iptables-nft"):
+        try:
+            chain = fw.iptables_forward(host, flavor)
+        except fw.ToolMissing:
+            missing.append(flavor)
+            continue
+        if chain is not None:
+            chains.append(chain)
+    try:
+        chains += fw.nft_forward(host)
+    except fw.ToolMissing:
+        missing.append("nft")
+    return chains, missing
+
+
+def firewall_view(host: Host, bridge: str) -> FirewallView | None:
+    """What libvirt's firewall meets on this host; None when no libvirt is installed."""
+    backend = libvirt_backend(host)
+    if backend is None:
+        return None
+    chains, missing = forward_chains(host)
+    try:
+        flavor = fw.iptables_flavor(host)
+    except fw.ToolMissing:
+        flavor = "iptables-nft"  # Debian's default alternative
+        missing.append("iptables")
+    return FirewallView(backend, flavor, chains, missing, bridge)
 
 
 @register
@@ -125,55 +190,55 @@ class GuestNet(Rule):
 
     # -- firewall ---------------------------------------------------------------
     def _firewall(self, bridge: str) -> list[Finding]:
-        backend = libvirt_backend(self.host)
-        if backend is None:
+        view = firewall_view(self.host, bridge)
+        if view is None:
             return [self.finding(Status.NA, "no libvirt daemon installed")]
+        backend = view.backend
         out = [self.finding(Status.NOTE, f"libvirt's firewall backend: {backend.name}"
                             f" ({backend.why})")]
-        chains, missing = self._forward_chains()
-        if backend.name == "iptables":
-            try:
-                writes_to = fw.iptables_flavor(self.host)
-            except fw.ToolMissing:
-                writes_to = "iptables-nft"  # Debian's default alternative
-        else:
-            writes_to = f"nft table inet {fw.LIBVIRT_NFT_TABLE}"
-            if "nft" in missing:
-                out.append(self.finding(Status.FAIL, "libvirt's backend is nftables but the"
-                                        " nft command is missing: the network cannot start",
-                                        "apt install nftables, or set firewall_backend ="
-                                        f" \"iptables\" in {NETWORK_CONF} {RESTART}"))
+        if backend.name == "nftables" and "nft" in view.missing:
+            out.append(self.finding(Status.FAIL, "libvirt's backend is nftables but the"
+                                    " nft command is missing: the network cannot start",
+                                    "apt install nftables, or set firewall_backend ="
+                                    f" \"iptables\" in {NETWORK_CONF} {RESTART}"))
         out += [self.finding(Status.NOTE, f"{tool} is not installed: its forward rules are"
-                             " not checked") for tool in missing
+                             " not checked") for tool in view.missing
                 if not (tool == "nft" and backend.name == "nftables")]
-        dropping = [c for c in chains if c.drops_guests(bridge) and c.where != writes_to]
-        for chain in dropping:
+        for chain in view.dropping:
             out.append(self.finding(Status.FAIL, "guests' forwarded traffic is dropped by the"
                                     f" {chain.where} {chain.chain} chain ({_why(chain)}),"
                                     f" which libvirt's {backend.name} backend does not write"
-                                    " to", _drop_hint(chain, backend, bridge)))
-        if not dropping:
-            checked = ", ".join(sorted({c.where for c in chains})) or "no forward chain found"
+                                    " to", _drop_hint(chain, view, bridge)))
+        if not view.dropping:
+            checked = ", ".join(sorted({c.where for c in view.chains})) or \
+                "no forward chain found"
             out.append(self.finding(Status.PASS, "no firewall drops guests' forwarded traffic"
                                     f" ({checked})"))
         return out
 
-    def _forward_chains(self) -> tuple[list[fw.ForwardChain], list[str]]:
-        chains: list[fw.ForwardChain] = []
-        missing = []
-        for flavor in ("iptables-legacy", "iptables-nft"):
-            try:
-                chain = fw.iptables_forward(self.host, flavor)
-            except fw.ToolMissing:
-                missing.append(flavor)
-                continue
-            if chain is not None:
-                chains.append(chain)
-        try:
-            chains += fw.nft_forward(self.host)
-        except fw.ToolMissing:
-            missing.append("nft")
-        return chains, missing
+    def plan(self) -> list[Change]:
+        """firewall_backend = "iptables" in network.conf when libvirt's nftables rules sit
+        beside an iptables table (the one the iptables backend writes into) that drops
+        forwarded traffic.  network.conf is libvirt's conffile: the change is ``foreign``
+        (postinst makes it only with allow_edit = network.conf; the admin's CLI run is
+        consent).  libvirtd and the network must be restarted for it to take effect."""
+        net, _ = self._network()
+        bridge, _ = _bridge_and_subnet(net)
+        view = firewall_view(self.host, bridge)
+        if view is None or not any(view.switch_fixes(c) for c in view.dropping) \
+                or not self.host.path(NETWORK_CONF).exists():
+            return []
+        from virtdeb.edit import Editor  # here: doctor reads network.conf through network's
+
+        with Editor(self.host, NETWORK_CONF, NETWORK_LENS, rule=self.name, foreign=True) as ed:
+            ed.ensure("firewall_backend", "iptables")
+        for change in ed.changes:
+            change.note = (f" libvirt writes its rules with iptables, into the"
+                           f" {view.iptables_flavor} table that drops forwarded traffic; then:"
+                           f" systemctl restart libvirtd; virsh net-destroy {NAME};"
+                           f" virsh net-start {NAME}")
+        changes: list[Change] = list(ed.changes)
+        return changes
 
     # -- IP forwarding ------------------------------------------------------------
     def _forwarding(self, active: bool) -> list[Finding]:
@@ -254,10 +319,10 @@ def _why(chain: fw.ForwardChain) -> str:
         "its last rule drops everything"
 
 
-def _drop_hint(chain: fw.ForwardChain, backend: Backend, bridge: str) -> str:
+def _drop_hint(chain: fw.ForwardChain, view: FirewallView, bridge: str) -> str:
     if chain.where.startswith("iptables"):
         cmd = chain.where
-        if backend.modern and backend.name == "nftables" and chain.where == "iptables-nft":
+        if view.switch_fixes(chain):
             return (f"set firewall_backend = \"iptables\" in {NETWORK_CONF} {RESTART}: libvirt"
                     f" then writes its rules into that table (virtdeb apply guestnet, with"
                     " allow_edit = network.conf)")
