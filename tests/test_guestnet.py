@@ -198,7 +198,8 @@ def test_no_libvirt(tmp_path: Path) -> None:
 
 @pytest.mark.skipif(not LENS.exists(), reason="libvirt < 10.4 (bookworm) has no network.conf"
                     " and no Libvirtd_network lens")
-def test_network_conf_backend_and_bad_values(tmp_path: Path) -> None:
+def test_network_conf_backend_and_bad_values(tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     status(tmp_path, {"libvirt-daemon-driver-network": "11.3.0-3", "iptables": "1.8.11-2"})
     conf = write(tmp_path, "/etc/libvirt/network.conf",
                  '# firewall_backend = "iptables"\nfirewall_backend = "nftables"\n')
@@ -212,6 +213,15 @@ def test_network_conf_backend_and_bad_values(tmp_path: Path) -> None:
         firewall(CannedHost(tmp_path, {}))
     assert err.value.message.startswith("/etc/libvirt/network.conf:2: unknown firewall_backend"
                                         " 'ipfw'; set it to \"iptables\" or \"nftables\"")
+    # the command line: one line, exit status 2, nothing written
+    from virtdeb import cli
+
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert cli.main(["doctor", "guestnet", "--root", str(tmp_path), "--connect", NO_DAEMON]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.count("\n") == 1 and "/etc/libvirt/network.conf:2: unknown firewall_backend" in err
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before
     conf.write_text("firewall_backend = nftables\n")  # unquoted: libvirt's lens refuses it
     with pytest.raises(ParseError, match="^/etc/libvirt/network.conf:1"):
         firewall(CannedHost(tmp_path, {}))
