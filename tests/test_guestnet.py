@@ -363,3 +363,41 @@ def test_plan_switches_to_iptables_next_to_docker(tmp_path: Path) -> None:
     conf.write_text(original)
     host = CannedHost(tmp_path, tools(nft=nft_json(("inet", "fw", "forward", "drop"))))
     assert GuestNet(host).plan() == []
+
+
+@pytest.mark.parametrize(("config", "module", "expected"), [
+    (None, False, None),
+    ("# CONFIG_NET_ACT_CSUM is not set\n", False, False),
+    ("CONFIG_NET_ACT_CSUM=y\n", False, True),
+    ("CONFIG_NET_ACT_CSUM=m\n", False, False),
+    ("CONFIG_NET_ACT_CSUM=m\n", True, True),
+])
+def test_tc_csum(tmp_path: Path, config: str | None, module: bool,
+                 expected: bool | None) -> None:
+    import gzip
+
+    if config is not None:
+        (tmp_path / "proc").mkdir()
+        (tmp_path / "proc/config.gz").write_bytes(gzip.compress(config.encode()))
+    if module:
+        write(tmp_path, f"/lib/modules/{os.uname().release}/kernel/net/sched/act_csum.ko.xz",
+              "")
+    assert fw.tc_csum(Host(root=tmp_path)) is expected
+
+
+def test_nftables_backend_on_a_kernel_without_csum(tmp_path: Path) -> None:
+    """libvirt's nftables backend cannot start a network without tc's csum action (seen:
+    "Failed to load TC action module"): a FAIL with the switch to iptables as hint."""
+    import gzip
+
+    status(tmp_path, {"libvirt-daemon-driver-network": "11.3.0-3", "nftables": "1.1.3-1"})
+    write(tmp_path, "/proc/config.gz", "")
+    (tmp_path / "proc/config.gz").write_bytes(gzip.compress(b"# CONFIG_NET_ACT_CSUM is not"
+                                                            b" set\n"))
+    found = firewall(CannedHost(tmp_path, tools(nft=nft_json())))
+    [fail] = [f for f in found if f.status is Status.FAIL]
+    assert fail.message == ("libvirt's nftables backend needs tc's csum action"
+                            " (CONFIG_NET_ACT_CSUM), which this kernel lacks: the network fails"
+                            " to start (\"Failed to load TC action module\")")
+    assert fail.hint.startswith('set firewall_backend = "iptables" in /etc/libvirt/network.conf'
+                                " (virtdeb apply guestnet")

@@ -27,7 +27,7 @@ EXPECTED: list[tuple[str, str, str]] = [
      "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
     ("tests/test_guestnet.py::test_plan_switches_to_iptables_next_to_docker",
      r"libvirt < 10\.4", "bookworm's libvirt 9.0 has no network.conf to choose a backend in"),
-    ("tests/test_guestnet_libvirtd.py::test_nftables_backend_next_to_docker_and_the_fix",
+    ("tests/test_guestnet_libvirtd.py::test_nftables_backend_and_the_fix",
      r"libvirt < 10\.4", "bookworm's libvirt 9.0 has no nftables backend"),
 ]
 

@@ -111,6 +111,21 @@ class FirewallView:
     chains: list[fw.ForwardChain]
     missing: list[str]    # the firewall commands not installed
     bridge: str
+    tc_csum: bool | None = None  # the kernel has tc's csum action (None: unknown)
+
+    @property
+    def nftables_cannot_start(self) -> bool:
+        """libvirt's nftables backend on a kernel without tc's csum action: every NAT
+        network fails to start ("Failed to load TC action module")."""
+        return self.backend.name == "nftables" and self.tc_csum is False
+
+    @property
+    def switch_helps(self) -> bool:
+        """Whether firewall_backend = "iptables" would fix something, and libvirt and the
+        host have what it needs (libvirt >= 10.4, iptables)."""
+        return (self.backend.modern and self.backend.name == "nftables"
+                and "iptables" not in self.missing
+                and (self.nftables_cannot_start or any(map(self.switch_fixes, self.dropping))))
 
     @property
     def writes_to(self) -> str:
@@ -160,7 +175,8 @@ def firewall_view(host: Host, bridge: str) -> FirewallView | None:
     except fw.ToolMissing:
         flavor = "iptables-nft"  # Debian's default alternative
         missing.append("iptables")
-    return FirewallView(backend, flavor, chains, missing, bridge)
+    csum = fw.tc_csum(host) if backend.name == "nftables" else None
+    return FirewallView(backend, flavor, chains, missing, bridge, csum)
 
 
 @register
@@ -201,6 +217,11 @@ class GuestNet(Rule):
                                     " nft command is missing: the network cannot start",
                                     "apt install nftables, or set firewall_backend ="
                                     f" \"iptables\" in {NETWORK_CONF} {RESTART}"))
+        if view.nftables_cannot_start:
+            out.append(self.finding(Status.FAIL, "libvirt's nftables backend needs tc's csum"
+                                    f" action ({fw.CSUM}), which this kernel lacks: the"
+                                    " network fails to start (\"Failed to load TC action"
+                                    " module\")", _switch_hint(view)))
         out += [self.finding(Status.NOTE, f"{tool} is not installed: its forward rules are"
                              " not checked") for tool in view.missing
                 if not (tool == "nft" and backend.name == "nftables")]
@@ -225,16 +246,16 @@ class GuestNet(Rule):
         net, _ = self._network()
         bridge, _ = _bridge_and_subnet(net)
         view = firewall_view(self.host, bridge)
-        if view is None or not any(view.switch_fixes(c) for c in view.dropping) \
-                or not self.host.path(NETWORK_CONF).exists():
+        if view is None or not view.switch_helps or not self.host.path(NETWORK_CONF).exists():
             return []
         from virtdeb.edit import Editor  # here: doctor reads network.conf through network's
 
         with Editor(self.host, NETWORK_CONF, NETWORK_LENS, rule=self.name, foreign=True) as ed:
             ed.ensure("firewall_backend", "iptables")
         for change in ed.changes:
-            change.note = (f" libvirt writes its rules with iptables, into the"
-                           f" {view.iptables_flavor} table that drops forwarded traffic; then:"
+            why = (f"into the {view.iptables_flavor} table that drops forwarded traffic"
+                   if view.dropping else f"without tc's csum action ({fw.CSUM})")
+            change.note = (f" libvirt writes its rules with iptables, {why}; then:"
                            f" systemctl restart libvirtd; virsh net-destroy {NAME};"
                            f" virsh net-start {NAME}")
         changes: list[Change] = list(ed.changes)
@@ -314,6 +335,12 @@ def _bridge_and_subnet(net: Any) -> tuple[str, ipaddress.IPv4Network | None]:
     return bridge, xml_subnet(xml)
 
 
+def _switch_hint(view: FirewallView) -> str:
+    how = " (virtdeb apply guestnet; a maintainer script: allow_edit = network.conf)" \
+        if "iptables" not in view.missing else " (apt install iptables first)"
+    return f"set firewall_backend = \"iptables\" in {NETWORK_CONF}{how} {RESTART}"
+
+
 def _why(chain: fw.ForwardChain) -> str:
     return f"policy {chain.policy}" if chain.policy.upper() == "DROP" else \
         "its last rule drops everything"
@@ -323,9 +350,7 @@ def _drop_hint(chain: fw.ForwardChain, view: FirewallView, bridge: str) -> str:
     if chain.where.startswith("iptables"):
         cmd = chain.where
         if view.switch_fixes(chain):
-            return (f"set firewall_backend = \"iptables\" in {NETWORK_CONF} {RESTART}: libvirt"
-                    f" then writes its rules into that table (virtdeb apply guestnet, with"
-                    " allow_edit = network.conf)")
+            return _switch_hint(view) + ": libvirt then writes its rules into that table"
         accept = f"{cmd} -I FORWARD -i {bridge} -j ACCEPT; {cmd} -I FORWARD -o {bridge}" \
                  " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
         docker = " (Docker: in chain DOCKER-USER)" if cmd == "iptables-nft" else ""

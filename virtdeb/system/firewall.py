@@ -16,6 +16,7 @@ a legacy filter table (/proc/net/ip_tables_names): asking would load it.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 
 from virtdeb.errors import SystemCommandError
@@ -137,3 +138,39 @@ def parse_nft_forward(text: str) -> list[ForwardChain]:
 
 def nft_forward(host: Host) -> list[ForwardChain]:
     return parse_nft_forward(tool_output(host, ["nft", "-j", "list", "ruleset"]))
+
+
+CSUM = "CONFIG_NET_ACT_CSUM"
+
+
+def _kernel_config(host: Host, release: str) -> str | None:
+    """The running kernel's configuration (/proc/config.gz or /boot/config-RELEASE)."""
+    import gzip  # here: doctor needs it only for libvirt's nftables backend
+
+    from virtdeb import fsio
+
+    data = fsio.read_bytes(host.path("/proc/config.gz"), "/proc/config.gz")
+    if data is not None:
+        try:
+            return gzip.decompress(data).decode("utf-8", "replace")
+        except (OSError, EOFError):
+            return None
+    boot = fsio.read_bytes(host.path(f"/boot/config-{release}"), f"/boot/config-{release}")
+    return None if boot is None else boot.decode("utf-8", "replace")
+
+
+def tc_csum(host: Host) -> bool | None:
+    """Whether the running kernel has tc's csum action (act_csum), which libvirt's nftables
+    backend needs to start a network; None when nothing says."""
+    release = os.uname().release
+    if host.path("/sys/module/act_csum").exists():
+        return True
+    config = _kernel_config(host, release)
+    if config is None:
+        return None
+    if f"{CSUM}=y" in config:
+        return True
+    if f"{CSUM}=m" in config:
+        return any(any(host.path(f"{lib}/modules/{release}/kernel/net/sched")
+                       .glob("act_csum.ko*")) for lib in ("/lib", "/usr/lib"))
+    return False
