@@ -304,9 +304,8 @@ def test_port53_finding(tmp_path: Path, comm: str, hint: str) -> None:
     [finding] = GuestNet(Host(root=tmp_path))._port53(active=False)
     assert finding.status is Status.FAIL
     assert finding.message == (f"port 53 is taken on every address by {comm} (pid 77) on udp"
-                               f" 0.0.0.0; {comm} (pid 77) on tcp6 ::: libvirt's dnsmasq cannot"
-                               " bind it (virsh net-start default fails with \"Address already"
-                               " in use\")")
+                               " 0.0.0.0, tcp6 ::: libvirt's dnsmasq cannot bind it (virsh"
+                               " net-start default fails with \"Address already in use\")")
     assert hint in finding.hint
 
 

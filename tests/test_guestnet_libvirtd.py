@@ -100,6 +100,7 @@ class Wiring:
         sh("ip", "-n", ns, "link", "add", "vdg0", "type", "veth", "peer", "name", "eth0",
            "netns", self.guest)
         sh("ip", "-n", ns, "link", "set", "vdg0", "master", bridge, "up")
+        self.subnet, self.guest_addr = subnet, hosts[-2]
         sh("ip", "-n", self.guest, "addr", "add", f"{hosts[-2]}/{subnet.prefixlen}",
            "dev", "eth0")
         sh("ip", "-n", self.guest, "link", "set", "eth0", "up")
@@ -211,6 +212,37 @@ def test_guest_through_nat_and_a_foreign_drop_policy(libvirtd: PrivateLibvirtd,
         libvirtd.run_in_ns(command.split())
     assert datapath.connect() == "upstream"
     assert fails(GuestNet(host).check()) == []
+
+
+def test_forwarding_off_and_a_route_into_the_subnet(libvirtd: PrivateLibvirtd,
+                                                    datapath: Wiring) -> None:
+    """ip_forward = 0 in the netns cuts the guest and doctor says so; a route into the
+    network's subnet on another device (a VPN's) takes the guest's replies away, and
+    doctor names it."""
+    host = host_of(libvirtd)
+    assert datapath.connect() == "upstream"
+    libvirtd.run_in_ns(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+    try:
+        assert datapath.connect(timeout=2).startswith("TimeoutError")
+        [fail] = fails(GuestNet(host).check())
+        assert fail.message.startswith("IP forwarding is off (net.ipv4.ip_forward = 0) while"
+                                       " network 'default' is active")
+        print(f"\n{fail.message}\n  hint: {fail.hint}")
+    finally:
+        libvirtd.run_in_ns(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+    assert datapath.connect() == "upstream"
+    guest = ipaddress.IPv4Network(f"{datapath.guest_addr}/25", strict=False)
+    dev = libvirtd.add_route(str(guest))
+    try:
+        assert datapath.connect(timeout=2).startswith("TimeoutError"), \
+            "the replies to the guest follow the longer route"
+        [fail] = fails(GuestNet(host).check())
+        assert fail.message.startswith(f"network 'default' ({datapath.subnet} on")
+        assert f"overlaps {guest} ({dev})" in fail.message
+        print(f"\n{fail.message}\n  hint: {fail.hint}")
+    finally:
+        libvirtd.reset_links()
+    assert datapath.connect() == "upstream"
 
 
 def test_port53_taken(libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> None:
@@ -341,3 +373,52 @@ def test_nftables_backend_and_the_fix(tmp_path: Path) -> None:
         assert GuestNet(host).plan() == []
     Journal(Host(root=root)).revert()
     assert 'firewall_backend = "nftables"' in (root / NETWORK_CONF).read_text()
+
+
+def test_port53_debian_dnsmasq_and_the_dropin(libvirtd: PrivateLibvirtd, libvirt_conn: Any,
+                                              tmp_path: Path) -> None:
+    """Debian's dnsmasq daemon as it starts without a drop-in (every address): net-start
+    fails and doctor names dnsmasq with the dnsmasq rule as hint; with the rule's drop-in
+    (interface=lo, bind-interfaces) the daemon keeps off libvirt's address, net-start works."""
+    from virtdeb.journal import Journal
+    from virtdeb.rules.dnsmasq import DROPIN, Dnsmasq
+
+    daemon_argv = ["dnsmasq", "--keep-in-foreground", "--user=root", "--pid-file",
+                   "--no-resolv", "--no-hosts"]
+    dns = libvirtd.popen_in_ns([*daemon_argv, "--conf-file=/dev/null"], mounts=False)
+    try:
+        wait_for_port53(libvirtd)
+        with pytest.raises(Exception, match="Address already in use"):
+            start_default(libvirtd, libvirt_conn)
+        [found] = [f for f in GuestNet(host_of(libvirtd)).check() if "port 53" in f.message]
+        assert found.status is Status.FAIL
+        assert f"dnsmasq (pid {dns.pid})" in found.message
+        assert found.hint.startswith("virtdeb apply dnsmasq")
+        print(f"\n{found.message}\n  hint: {found.hint}")
+    finally:
+        dns.kill()
+        dns.wait()
+    root = tmp_path / "root"
+    (root / "var/lib/dpkg").mkdir(parents=True)
+    (root / "var/lib/dpkg/status").write_text("Package: dnsmasq\nStatus: install ok installed\n"
+                                             "Version: 2.90-4\n\n")
+    (root / "etc/dnsmasq.d").mkdir(parents=True)
+    Journal(Host(root=root)).apply(Dnsmasq(Host(root=root)).plan(), "test dnsmasq")
+    dropin = root / DROPIN.lstrip("/")
+    dns = libvirtd.popen_in_ns([*daemon_argv, f"--conf-file={dropin}"], mounts=False)
+    try:
+        wait_for_port53(libvirtd)
+        libvirt_conn.networkLookupByName("default").create()
+        [found] = [f for f in GuestNet(host_of(libvirtd)).check() if "port 53" in f.message]
+        assert found.status is Status.PASS
+    finally:
+        dns.kill()
+        dns.wait()
+
+
+def wait_for_port53(libvirtd: PrivateLibvirtd) -> None:
+    """Until something listens on TCP port 53 in the netns (any address)."""
+    deadline = time.monotonic() + 10
+    while ":0035 " not in libvirtd.run_in_ns(["cat", "/proc/net/tcp"]).stdout:
+        assert time.monotonic() < deadline, "dnsmasq did not bind port 53"
+        time.sleep(0.1)

@@ -295,7 +295,10 @@ class GuestNet(Rule):
         if not taken:
             return [self.finding(Status.PASS, f"no program holds port {DNS_PORT} on every"
                                  " address")]
-        who = "; ".join(f"{lst.who()} on {lst.proto} {lst.address}" for lst in taken)
+        sockets: dict[str, list[str]] = {}
+        for lst in taken:
+            sockets.setdefault(lst.who(), []).append(f"{lst.proto} {lst.address}")
+        who = "; ".join(f"{name} on {', '.join(where)}" for name, where in sockets.items())
         comms = {comm for lst in taken for _, comm in lst.processes}
         effect = ("the network runs now, but will not start again" if active else
                   f"virsh net-start {NAME} fails with \"Address already in use\"")
@@ -320,7 +323,7 @@ class GuestNet(Rule):
                              f" {', '.join(clash)}: guests' traffic to that range goes the"
                              " wrong way",
                              f"virsh net-destroy {NAME}, then virtdeb apply network moves it"
-                             " to a free subnet")]
+                             f" to a free subnet (or: virsh net-edit {NAME})")]
 
 
 def _bridge_and_subnet(net: Any) -> tuple[str, ipaddress.IPv4Network | None]:
