@@ -121,6 +121,12 @@ def test_parse_nft_forward_skips_iptables_nft_tables() -> None:
     assert chains == {("nft table inet fw", "forward"): True,
                       ("nft table inet libvirt_network", "guest_cross"): False,
                       ("nft table inet open", "fwd"): True}
+    accepted = nft_json(("inet", "fw", "forward", "drop"), rules=[
+        {"family": "inet", "table": "fw", "chain": "forward",
+         "expr": [{"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                             "right": "virbr0"}}, {"accept": None}]}])
+    [chain] = fw.parse_nft_forward(accepted)
+    assert chain.drops and not chain.drops_guests("virbr0") and chain.drops_guests("br1")
     with pytest.raises(SystemCommandError, match="unreadable JSON"):
         fw.parse_nft_forward("{")
 
@@ -172,7 +178,9 @@ def test_native_nft_drop(tmp_path: Path) -> None:
     found = firewall(CannedHost(tmp_path, tools(nft=nft_json(("inet", "fw", "forward", "drop")))))
     [fail] = [f for f in found if f.status is Status.FAIL]
     assert "nft table inet fw forward chain (policy DROP)" in fail.message
-    assert 'iifname "virbr0" accept' in fail.hint
+    assert fail.hint == ("accept virbr0's traffic there: nft insert rule inet fw forward"
+                         ' oifname "virbr0" ct state established,related accept;'
+                         ' nft insert rule inet fw forward iifname "virbr0" accept')
 
 
 def test_missing_tools_are_notes(tmp_path: Path) -> None:

@@ -214,6 +214,31 @@ def test_guest_through_nat_and_a_foreign_drop_policy(libvirtd: PrivateLibvirtd,
     assert fails(GuestNet(host).check()) == []
 
 
+def test_native_nftables_drop(libvirtd: PrivateLibvirtd, datapath: Wiring) -> None:
+    """A native nftables firewall whose forward chain drops (an admin's /etc/nftables.conf)
+    beside libvirt's iptables rules: the guest is cut, doctor names the chain, its hint's
+    nft rules let the guest through."""
+    if shutil.which("nft") is None:
+        pytest.skip("nft not installed (nftables is in DEPS and SUITE_TEST_DEPS: a chroot"
+                    " built before it was added lacks it)")
+    host = host_of(libvirtd)
+    libvirtd.run_in_ns(["nft", "add", "table", "inet", "vdfw"])
+    try:
+        libvirtd.run_in_ns(["nft", "add", "chain", "inet", "vdfw", "forward", "{ type filter"
+                            " hook forward priority 0 ; policy drop ; }"])
+        assert datapath.connect(timeout=2).startswith("TimeoutError")
+        [fail] = fails(GuestNet(host).check())
+        assert fail.message.startswith("guests' forwarded traffic is dropped by the nft table"
+                                       " inet vdfw forward chain (policy DROP)")
+        print(f"\n{fail.message}\n  hint: {fail.hint}")
+        for command in fail.hint.split("there: ", 1)[1].split("; "):
+            libvirtd.run_in_ns(command)
+        assert datapath.connect() == "upstream"
+        assert fails(GuestNet(host).check()) == []
+    finally:
+        libvirtd.run_in_ns(["nft", "delete", "table", "inet", "vdfw"], check=False)
+
+
 def test_forwarding_off_and_a_route_into_the_subnet(libvirtd: PrivateLibvirtd,
                                                     datapath: Wiring) -> None:
     """ip_forward = 0 in the netns cuts the guest and doctor says so; a route into the

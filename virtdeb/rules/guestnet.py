@@ -358,8 +358,9 @@ def _drop_hint(chain: fw.ForwardChain, view: FirewallView, bridge: str) -> str:
                  " -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
         docker = " (Docker: in chain DOCKER-USER)" if cmd == "iptables-nft" else ""
         return f"accept {bridge}'s traffic there: {accept}{docker}"
-    return (f"accept {bridge}'s traffic in {chain.where} chain {chain.chain}: iifname"
-            f" \"{bridge}\" accept; oifname \"{bridge}\" ct state established,related accept")
+    rule = f"nft insert rule {chain.where.removeprefix('nft table ')} {chain.chain}"
+    return (f"accept {bridge}'s traffic there: {rule} oifname \"{bridge}\" ct state"
+            f" established,related accept; {rule} iifname \"{bridge}\" accept")
 
 
 def _port53_hint(comms: Sequence[str] | set[str]) -> str:

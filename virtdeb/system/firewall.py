@@ -100,6 +100,22 @@ def iptables_forward(host: Host, flavor: str) -> ForwardChain | None:
     return parse_iptables_forward(flavor, tool_output(host, [flavor, "-S", "FORWARD"]))
 
 
+def _nft_rule(expr: object) -> str:
+    """An nft rule in iptables words, as far as the forward check needs them: "-j DROP"
+    for a bare drop or reject, "-i IF -j ACCEPT" for ``iifname IF accept``, else ""."""
+    if not isinstance(expr, list) or not all(isinstance(e, dict) for e in expr):
+        return ""
+    if len(expr) == 1:
+        return "-j DROP" if "drop" in expr[0] or "reject" in expr[0] else ""
+    if len(expr) == 2 and "accept" in expr[1]:
+        match = expr[0].get("match")
+        if isinstance(match, dict) and match.get("op", "==") == "==" \
+                and match.get("left") == {"meta": {"key": "iifname"}} \
+                and isinstance(match.get("right"), str):
+            return f"-i {match['right']} -j ACCEPT"
+    return ""
+
+
 def parse_nft_forward(text: str) -> list[ForwardChain]:
     """The native nftables base chains on the forward hook (``nft -j list ruleset``),
     without those iptables-nft made."""
@@ -109,7 +125,7 @@ def parse_nft_forward(text: str) -> list[ForwardChain]:
         raise SystemCommandError(f"nft -j list ruleset: unreadable JSON output ({exc})") from exc
     items = data.get("nftables", []) if isinstance(data, dict) else []
     chains: dict[tuple[str, str, str], dict[str, object]] = {}
-    last_verdict: dict[tuple[str, str, str], str] = {}
+    rules: dict[tuple[str, str, str], list[str]] = {}
     for item in items:
         if not isinstance(item, dict):
             continue
@@ -121,18 +137,16 @@ def parse_nft_forward(text: str) -> list[ForwardChain]:
         elif isinstance(item.get("rule"), dict):
             rule = item["rule"]
             key = (str(rule.get("family")), str(rule.get("table")), str(rule.get("chain")))
-            expr = rule.get("expr") or []
-            verdict = ""
-            if isinstance(expr, list) and len(expr) == 1 and isinstance(expr[0], dict):
-                verdict = next((v for v in ("drop", "reject") if v in expr[0]), "")
-            last_verdict[key] = verdict
+            rules.setdefault(key, []).append(_nft_rule(rule.get("expr")))
     out = []
     for (family, table, name), chain in chains.items():
         if (family, table) in IPTABLES_NFT_TABLES and name == "FORWARD":
             continue
+        listed = rules.get((family, table, name), [])
         out.append(ForwardChain(f"nft table {family} {table}", name,
                                 str(chain.get("policy", "accept")).upper(),
-                                drops_rest=bool(last_verdict.get((family, table, name)))))
+                                drops_rest=bool(listed) and listed[-1] == "-j DROP",
+                                rules=tuple(r for r in listed if r)))
     return out
 
 
