@@ -233,12 +233,9 @@ def test_network_conf_backend_and_bad_values(tmp_path: Path,
     conf.write_text("firewall_backend = nftables\n")  # unquoted: libvirt's lens refuses it
     with pytest.raises(ParseError, match="^/etc/libvirt/network.conf:1"):
         firewall(CannedHost(tmp_path, {}))
-    before = conf.read_bytes()
-    conf.chmod(0)
-    conf.write_bytes(b"\xff\xfe")
-    with pytest.raises(ParseError, match="/etc/libvirt/network.conf"):
+    conf.write_bytes(b"\xff\xfe")  # not text
+    with pytest.raises(ParseError, match="^/etc/libvirt/network.conf:1: not UTF-8"):
         firewall(CannedHost(tmp_path, {}))
-    assert conf.read_bytes() != before  # what the test wrote, nothing of virtdeb's
 
 
 # -- IP forwarding ----------------------------------------------------------------------
