@@ -190,6 +190,29 @@ def test_missing_tools_are_notes(tmp_path: Path) -> None:
         in statuses(found)
 
 
+class DeniedHost(CannedHost):
+    """Firewall commands as a user who is not root: they fail."""
+
+    def run(self, argv: Sequence[str], *, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        if argv[0] in ("iptables-nft", "iptables-legacy", "nft"):
+            return subprocess.CompletedProcess(list(argv), 4, "", "Permission denied (you"
+                                               " must be root)\n")
+        return super().run(argv, check=check, input=input)
+
+
+def test_not_root_is_a_note(tmp_path: Path) -> None:
+    status(tmp_path, {"libvirt-daemon": "9.0.0-4", "iptables": "1.8.9-2"})
+    found = firewall(DeniedHost(tmp_path, tools(nft=nft_json())))
+    notes = [f for f in found if f.message.startswith("cannot read the forward rules")]
+    assert [f.message for f in notes] == [
+        "cannot read the forward rules of iptables-nft: iptables-nft -S FORWARD failed (4):"
+        " Permission denied (you must be root)",
+        "cannot read the forward rules of nft: nft -j list ruleset failed (4): Permission"
+        " denied (you must be root)"]
+    assert {f.status for f in found} == {Status.NOTE}, "no PASS for rules not read"
+
+
 def test_nftables_backend_without_nft_fails(tmp_path: Path) -> None:
     status(tmp_path, {"libvirt-daemon-driver-network": "11.3.0-3"})
     found = firewall(CannedHost(tmp_path, {}))

@@ -29,7 +29,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from virtdeb import fsio
@@ -112,6 +112,7 @@ class FirewallView:
     missing: list[str]    # the firewall commands not installed
     bridge: str
     tc_csum: bool | None = None  # the kernel has tc's csum action (None: unknown)
+    unreadable: list[str] = field(default_factory=list)  # "tool: why", rules not read
 
     @property
     def nftables_cannot_start(self) -> bool:
@@ -145,23 +146,23 @@ class FirewallView:
                 and "iptables" not in self.missing and chain.where == self.iptables_flavor)
 
 
-def forward_chains(host: Host) -> tuple[list[fw.ForwardChain], list[str]]:
-    """The forward chains of iptables-legacy, iptables-nft and nft; the tools missing."""
+def forward_chains(host: Host) -> tuple[list[fw.ForwardChain], list[str], list[str]]:
+    """The forward chains of iptables-legacy, iptables-nft and nft; the tools missing; why
+    a tool's rules could not be read (not root, a tool failing)."""
     chains: list[fw.ForwardChain] = []
-    missing = []
-    for flavor in ("iptables-legacy", "iptables-nft"):
+    missing: list[str] = []
+    unreadable: list[str] = []
+    for tool in ("iptables-legacy", "iptables-nft", "nft"):
         try:
-            chain = fw.iptables_forward(host, flavor)
+            if tool == "nft":
+                chains += fw.nft_forward(host)
+            else:
+                chains += [c for c in [fw.iptables_forward(host, tool)] if c is not None]
         except fw.ToolMissing:
-            missing.append(flavor)
-            continue
-        if chain is not None:
-            chains.append(chain)
-    try:
-        chains += fw.nft_forward(host)
-    except fw.ToolMissing:
-        missing.append("nft")
-    return chains, missing
+            missing.append(tool)
+        except VirtdebError as exc:
+            unreadable.append(f"{tool}: {exc.message}")
+    return chains, missing, unreadable
 
 
 def firewall_view(host: Host, bridge: str) -> FirewallView | None:
@@ -169,14 +170,14 @@ def firewall_view(host: Host, bridge: str) -> FirewallView | None:
     backend = libvirt_backend(host)
     if backend is None:
         return None
-    chains, missing = forward_chains(host)
+    chains, missing, unreadable = forward_chains(host)
     try:
         flavor = fw.iptables_flavor(host)
     except fw.ToolMissing:
         flavor = "iptables-nft"  # Debian's default alternative
         missing.append("iptables")
     csum = fw.tc_csum(host) if backend.name == "nftables" else None
-    return FirewallView(backend, flavor, chains, missing, bridge, csum)
+    return FirewallView(backend, flavor, chains, missing, bridge, csum, unreadable)
 
 
 @register
@@ -222,6 +223,8 @@ class GuestNet(Rule):
                                     f" action ({fw.CSUM}), which this kernel lacks: the"
                                     " network fails to start (\"Failed to load TC action"
                                     " module\")", _switch_hint(view)))
+        out += [self.finding(Status.NOTE, f"cannot read the forward rules of {why}",
+                             "run doctor as root to check them") for why in view.unreadable]
         out += [self.finding(Status.NOTE, f"{tool} is not installed: its forward rules are"
                              " not checked") for tool in view.missing
                 if not (tool == "nft" and backend.name == "nftables")]
@@ -230,7 +233,7 @@ class GuestNet(Rule):
                                     f" {chain.where} {chain.chain} chain ({_why(chain)}),"
                                     f" which libvirt's {backend.name} backend does not write"
                                     " to", _drop_hint(chain, view, bridge)))
-        if not view.dropping:
+        if not view.dropping and not view.unreadable:
             checked = ", ".join(sorted({c.where for c in view.chains})) or \
                 "no forward chain found"
             out.append(self.finding(Status.PASS, "no firewall drops guests' forwarded traffic"
