@@ -7,7 +7,9 @@ something else; this rule checks it, read-only:
 - the firewall backend libvirt writes its rules with: ``firewall_backend`` in
   /etc/libvirt/network.conf (libvirt >= 10.4, read through libvirt's lens), else
   iptables when installed, else nftables; libvirt < 10.4 (bookworm's 9.0) has
-  no network.conf and uses iptables only;
+  no network.conf and uses iptables only; the nftables backend also needs tc's
+  csum action in the kernel (CONFIG_NET_ACT_CSUM), without which every NAT network
+  fails to start ("Failed to load TC action module");
 - the forward hook of iptables-legacy, iptables-nft and native nftables: a DROP
   policy (Docker, ufw's DEFAULT_FORWARD_POLICY="DROP") in a table libvirt does
   not write to drops guests' forwarded traffic, because a packet must be
@@ -18,6 +20,14 @@ something else; this rule checks it, read-only:
   start: "Address already in use");
 - an active default network whose subnet a route or address of another device
   overlaps (a VPN, Docker's bridge); an inactive one is rule ``network``'s.
+
+plan() sets ``firewall_backend = "iptables"`` in network.conf (libvirt's conffile:
+a foreign change, journaled) when that fixes something: the nftables backend beside
+an iptables-nft FORWARD DROP (Docker, ufw; Debian bug #1090355), or on a kernel
+without tc's csum action.  Everything else gets a hint: other firewalls' rules and
+DNS servers' addresses are the administrator's; an inactive network on a subnet in
+use is moved by rule ``network``.  Firewall rules doctor may not read (not root)
+are a NOTE each.
 
 A file virtdeb must read and cannot (network.conf malformed, an unknown
 ``firewall_backend``) is an error: one line naming the file and line, nothing
