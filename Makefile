@@ -10,7 +10,7 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 --no-
 DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
 	python3-debconf python3-pytest python3-hypothesis python3-mypy python3-venv \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
-	bridge-utils iptables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \
+	bridge-utils iptables nftables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \
 	apt-listchanges ansible-core ansible-lint openssh-client
 
 .PHONY: all deps lint unit test check check-full check-cpu demo bench clean

@@ -24,7 +24,7 @@ suite_aptopt = $(if $(filter sid unstable,$(1)),--aptopt='Acquire::Check-Valid-U
 # What the tree's pytest, lintian and the private libvirtd need inside a suite's chroot.
 SUITE_TEST_DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
 	python3-debconf python3-pytest python3-hypothesis libvirt-daemon-system libvirt-clients \
-	qemu-system-x86 qemu-utils dnsmasq-base bridge-utils iptables libcap2-bin attr \
+	qemu-system-x86 qemu-utils dnsmasq-base bridge-utils iptables nftables libcap2-bin attr \
 	netcat-openbsd iproute2 adduser passwd debconf debconf-utils apt-listchanges polkitd \
 	dbus-daemon dbus-bin util-linux mount lintian piuparts
 

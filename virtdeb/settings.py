@@ -66,6 +66,7 @@ FOREIGN_FILES = {
     "xend-config.sxp": "/etc/xen/xend-config.sxp",
     "bridge.conf": "/etc/qemu/bridge.conf",
     "libvirtd.conf": "/etc/libvirt/libvirtd.conf",
+    "network.conf": "/etc/libvirt/network.conf",
 }
 
 # section -> key -> Setting, in the order of virtdeb.conf (the rules' sections in the

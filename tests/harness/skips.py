@@ -23,6 +23,12 @@ EXPECTED: list[tuple[str, str, str]] = [
      " a failure; a suite's chroot has no ansible and no fleet images"),
     ("tests/test_network.py::test_firewall_backend_through_libvirts_lens", r"libvirt < 10\.4",
      "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
+    ("tests/test_guestnet.py::test_network_conf_backend_and_bad_values", r"libvirt < 10\.4",
+     "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
+    ("tests/test_guestnet.py::test_plan_switches_to_iptables_next_to_docker",
+     r"libvirt < 10\.4", "bookworm's libvirt 9.0 has no network.conf to choose a backend in"),
+    ("tests/test_guestnet_libvirtd.py::test_nftables_backend_and_the_fix",
+     r"libvirt < 10\.4", "bookworm's libvirt 9.0 has no nftables backend"),
 ]
 
 _seen: list[tuple[str, str]] = []

@@ -25,7 +25,8 @@ from virtdeb.errors import UsageError
 from virtdeb.host import Host
 
 # The order doctor shows the rules in; each is a module of this package.
-ORDER = ["xend", "debug", "network", "dnsmasq", "bridge", "access", "qemu", "ssh", "cpu"]
+ORDER = ["xend", "debug", "network", "guestnet", "dnsmasq", "bridge", "access", "qemu", "ssh",
+         "cpu"]
 
 
 class Status(enum.Enum):

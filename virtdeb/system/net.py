@@ -60,29 +60,41 @@ def _ip_json(host: Host, args: list[str]) -> list[dict[str, Any]]:
     return [item for item in data if isinstance(item, dict)]
 
 
-def addresses(host: Host) -> list[ipaddress.IPv4Interface]:
-    """Every IPv4 address of the host, with its prefix length."""
+def addresses_on(host: Host) -> list[tuple[ipaddress.IPv4Interface, str]]:
+    """Every IPv4 address of the host, with its prefix length, and its device."""
     out = []
     for link in _ip_json(host, ["addr", "show"]):
         for info in link.get("addr_info", []):
             if info.get("family") == "inet" and "local" in info:
-                out.append(ipaddress.IPv4Interface(f"{info['local']}/{info.get('prefixlen', 32)}"))
+                out.append((ipaddress.IPv4Interface(f"{info['local']}/{info.get('prefixlen', 32)}"),
+                            str(link.get("ifname", "?"))))
     return out
 
 
-def routes(host: Host) -> list[ipaddress.IPv4Network]:
-    """The destination of every IPv4 route, in every table (``default`` is 0.0.0.0/0)."""
+def routes_on(host: Host) -> list[tuple[ipaddress.IPv4Network, str]]:
+    """The destination of every IPv4 route, in every table (``default`` is 0.0.0.0/0),
+    and its device ("" when it has none, e.g. a blackhole)."""
     out = []
     for route in _ip_json(host, ["route", "show", "table", "all"]):
         dst = route.get("dst")
         if not isinstance(dst, str):
             continue
         try:
-            out.append(ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst,
-                                             strict=False))
+            out.append((ipaddress.IPv4Network("0.0.0.0/0" if dst == "default" else dst,
+                                              strict=False), str(route.get("dev", ""))))
         except ValueError:
             log.debug("ignoring route destination %r", dst)
     return out
+
+
+def addresses(host: Host) -> list[ipaddress.IPv4Interface]:
+    """Every IPv4 address of the host, with its prefix length."""
+    return [iface for iface, _ in addresses_on(host)]
+
+
+def routes(host: Host) -> list[ipaddress.IPv4Network]:
+    """The destination of every IPv4 route, in every table (``default`` is 0.0.0.0/0)."""
+    return [net for net, _ in routes_on(host)]
 
 
 def used_networks(host: Host, extra: Iterable[ipaddress.IPv4Network] = ()) -> \
