@@ -53,13 +53,16 @@ $(BOOTED_CACHE)/booted-%/var/lib/dpkg/info/libvirt-daemon-system.list:
 		$* $(BOOTED_CACHE)/booted-$*.new "deb $(call booted_mirror,$*) $* main"
 	rm -rf $(BOOTED_CACHE)/booted-$* && mv $(BOOTED_CACHE)/booted-$*.new $(BOOTED_CACHE)/booted-$*
 
+# pytest, then the per-suite reports (times, the boot unit's lines) it wrote
+booted_pytest = cd $(BOOTED_TOP) && rm -rf .build/booted && rc=0; \
+	$(BOOTED_ENV) VIRTDEB_BOOTED_SUITES='$(1)' VIRTDEB_BOOTED_DEB=$(PKG_DEB) \
+		/usr/bin/python3 -m pytest -q -p no:cacheprovider -ra -m booted tests/test_booted.py \
+		|| rc=$$?; cat .build/booted/*.txt 2>/dev/null; exit $$rc
+
 booted-%: deps package $(BOOTED_CACHE)/booted-%/var/lib/dpkg/info/libvirt-daemon-system.list
-	cd $(BOOTED_TOP) && $(BOOTED_ENV) VIRTDEB_BOOTED_SUITES=$* VIRTDEB_BOOTED_DEB=$(PKG_DEB) \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider -ra -m booted tests/test_booted.py
+	$(call booted_pytest,$*)
 
 booted: deps package booted-images
-	cd $(BOOTED_TOP) && $(BOOTED_ENV) VIRTDEB_BOOTED_SUITES='$(BOOTED_SUITES)' \
-		VIRTDEB_BOOTED_DEB=$(PKG_DEB) \
-		/usr/bin/python3 -m pytest -q -p no:cacheprovider -ra -m booted tests/test_booted.py
+	$(call booted_pytest,$(BOOTED_SUITES))
 
 check: booted

@@ -357,7 +357,7 @@ class BootedSystem:
                     self._state.notes.append(f"boot {self.boots}: {unit} failed"
                                              f" ({self.allow_failed[unit]})")
                 return
-            time.sleep(1)
+            time.sleep(0.25)
         raise BootedError(f"systemd not up after the timeout (state {state!r}); jobs:\n"
                           + self.run("systemctl list-jobs --no-pager", check=False).stdout)
 

@@ -1,0 +1,385 @@
+"""The booted story of issue 18: virtdeb on a running Debian system, systemd as PID 1.
+
+Each suite's root (``make booted-images``: .cache/booted-SUITE) boots in systemd-nspawn
+over a throwaway overlay (tests/harness/booted.py), and the story runs there as an
+administrator would see it, in order, on one system per suite:
+
+a. install: ``apt-get install ./virtdeb_*.deb`` with preseeded debconf answers, while
+   libvirtd.service is stopped and only its sockets listen (as after libvirtd's two idle
+   minutes): the postinst's connection starts libvirtd through the socket, nothing prints
+   "cannot connect", and no unit failed;
+b. network: ``default`` active and autostarted after the install, and after a reboot
+   active again with virbr0 up (libvirt's own autostart);
+d. CPU after microcode: a TCG guest (nspawn gives the container no /dev/kvm) whose custom
+   CPU is libvirt's host-model written out plus ``require`` for two features the expanded
+   host-model lacks (hle and rtm when those are missing, as in README.Debian); a stand-in
+   intel-microcode upgrade records "check after boot"; after the reboot
+   virtdeb-cpu-check.service has run, its journal names the guest and the features, the
+   marker is gone and the unit did not fail; at the next boot (no microcode change) it
+   does nothing;
+h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtdeb left,
+   libvirt still answers.
+
+Run by ``make booted`` (part of ``make check``), which sets VIRTDEB_BOOTED_SUITES and
+VIRTDEB_BOOTED_DEB; there a missing image, .deb or systemd-nspawn is a failure. Without
+VIRTDEB_BOOTED_SUITES (``make unit``, the suites' chroots) these tests are skipped.
+Times and the boot unit's lines are written to .build/booted/SUITE.txt.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import pytest
+
+from tests.harness.booted import BootedError, BootedSystem, cgroup_dirs
+
+TOP = Path(__file__).resolve().parents[1]
+SUITES_ENV = os.environ.get("VIRTDEB_BOOTED_SUITES")
+SUITES = (SUITES_ENV or "bookworm trixie sid").split()
+REPORT_DIR = TOP / ".build" / "booted"
+# Units that cannot work in a container, with the reason: none needed so far on
+# bookworm, trixie or sid (all three reach `running`).
+ALLOW_FAILED: dict[str, str] = {}
+GUEST = "legacy-guest"
+USER = "alice"
+PRESEED = f"""\
+virtdeb virtdeb/access_users string {USER}
+virtdeb virtdeb/network_autostart boolean true
+virtdeb virtdeb/cpu_on_microcode select warn
+"""
+APT = "apt-get install -y -q -o Dpkg::Use-Pty=0"
+MARKER = "/var/lib/virtdeb/cpu/check-after-boot"
+REPORT = "/var/lib/virtdeb/cpu/last-report.json"
+UNIT = "virtdeb-cpu-check.service"
+BAD_WORDS = ("cannot connect", "Traceback")
+
+pytestmark = [pytest.mark.booted, pytest.mark.integration]
+
+# Inside the booted system: define GUEST, a TCG guest whose custom CPU is libvirt's
+# host-model for TCG plus `require` for features the expanded host CPU lacks. Prints JSON.
+MAKE_GUEST = r"""
+import json, sys, xml.etree.ElementTree as ET
+import libvirt
+GUEST = sys.argv[1]
+c = libvirt.open("qemu:///system")
+dc = ET.fromstring(c.getDomainCapabilities(None, "x86_64", None, "qemu", 0))
+emulator, machine = dc.findtext("path"), dc.findtext("machine")
+hm = dc.find("cpu/mode[@name='host-model']")
+cpu = ET.Element("cpu", mode="custom", match="exact", check="partial")
+ET.SubElement(cpu, "model", fallback="forbid").text = hm.findtext("model")
+if hm.findtext("vendor"):
+    ET.SubElement(cpu, "vendor").text = hm.findtext("vendor")
+for f in hm.findall("feature"):
+    cpu.append(f)
+plain = ET.tostring(cpu, encoding="unicode")
+exp = ET.fromstring(c.baselineHypervisorCPU(
+    emulator, "x86_64", machine, "qemu", [plain],
+    libvirt.VIR_CONNECT_BASELINE_CPU_EXPAND_FEATURES))
+have = {f.get("name") for f in exp.findall("feature") if f.get("policy") != "disable"}
+known = {f.get("name") for f in ET.parse(
+    "/usr/share/libvirt/cpu_map/x86_features.xml").getroot().iter("feature")}
+lacks = sorted(known - have)
+missing = ["hle", "rtm"] if {"hle", "rtm"} <= set(lacks) else lacks[:2]
+assert len(missing) == 2, lacks
+for name in missing:
+    ET.SubElement(cpu, "feature", policy="require", name=name)
+custom = ET.tostring(cpu, encoding="unicode")
+verdicts = {}
+for label, xml in (("host-model", plain), ("guest", custom)):
+    try:
+        verdicts[label] = c.compareHypervisorCPU(emulator, "x86_64", machine, "qemu", xml,
+            libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE)
+    except libvirt.libvirtError as exc:
+        verdicts[label] = exc.get_error_message()
+c.defineXML(f"<domain type='qemu'><name>{GUEST}</name><memory unit='MiB'>256</memory>"
+            f"<os><type arch='x86_64' machine='{machine}'>hvm</type></os>{custom}"
+            f"<devices><emulator>{emulator}</emulator></devices></domain>")
+print(json.dumps({"missing": missing, "model": hm.findtext("model"), "verdicts": verdicts,
+                  "lacks": len(lacks), "have": len(have)}))
+"""
+
+# Two versions of a stand-in package named intel-microcode (as tests/demo_story.py).
+MAKE_UCODE = (
+    "mkucode() { d=/root/ucode-$1; rm -rf $d; mkdir -p $d/DEBIAN"
+    " $d/usr/lib/firmware/intel-ucode;"
+    " printf 'Package: intel-microcode\\nVersion: %s\\nArchitecture: all\\n"
+    "Maintainer: test <root@localhost>\\nDescription: stand-in for the real package\\n'"
+    " $1 > $d/DEBIAN/control; echo $1 > $d/usr/lib/firmware/intel-ucode/06-3c-03;"
+    " dpkg-deb --root-owner-group --build $d /root/intel-microcode_$1_all.deb >/dev/null; };"
+    " mkucode 3.20250211.1 && mkucode 3.20251111.1")
+
+
+def _need(what: bool, why: str) -> None:
+    """Under `make booted` a missing piece fails; elsewhere these tests are skipped."""
+    if not what:
+        pytest.fail(why)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _only_under_make_booted() -> None:
+    if SUITES_ENV is None:
+        pytest.skip("the booted story runs under `make booted` (VIRTDEB_BOOTED_SUITES)")
+    _need(os.geteuid() == 0, "systemd-nspawn needs root")
+
+
+def image(suite: str) -> Path:
+    path = TOP / ".cache" / f"booted-{suite}"
+    _need((path / "var/lib/dpkg/info/libvirt-daemon-system.list").exists(),
+          f"no booted image {path}: make booted-images")
+    return path
+
+
+def deb() -> Path:
+    path = Path(os.environ.get("VIRTDEB_BOOTED_DEB", ""))
+    if not path.is_file():
+        found = sorted((TOP / ".build").glob("virtdeb_*_all.deb"))
+        _need(bool(found), "no .build/virtdeb_*_all.deb: make package")
+        path = found[-1]
+    return path
+
+
+def dev_snapshot() -> dict[str, tuple[int, int, int, int]]:
+    """The host's /dev: name -> (mode, uid, gid, rdev), to show it did not change."""
+    out = {}
+    for root, dirs, files in os.walk("/dev"):
+        for name in dirs + files:
+            p = os.path.join(root, name)
+            try:
+                st = os.lstat(p)
+            except OSError:
+                continue
+            out[p] = (st.st_mode, st.st_uid, st.st_gid, st.st_rdev)
+    return out
+
+
+def _clean(out: str, cmd: str) -> str:
+    for word in BAD_WORDS:
+        assert word not in out, f"{cmd!r} printed {word!r}:\n{out}"
+    return out
+
+
+# ---------------------------------------------------------------------- the harness
+class TestHarness:
+    """The harness itself, on the first suite: boot, run, reboot, journal, cleanup."""
+
+    def test_boot_run_reboot_journal_and_nothing_left(self) -> None:
+        dev_before = dev_snapshot()
+        img = image(SUITES[0])
+        img_id = (img / "etc/machine-id").read_bytes()
+        with BootedSystem(img, allow_failed=ALLOW_FAILED) as b:
+            b.boot()
+            assert b.run("systemctl is-system-running").stdout.strip() == "running"
+            assert b.run("cat /proc/1/comm").stdout.strip() == "systemd"
+            assert b.run("id -u").stdout.strip() == "0"
+            b.run("useradd --create-home bob")
+            assert b.run("id -un; echo $HOME", user="bob").stdout.split() == ["bob", "/home/bob"]
+            # nspawn's own /dev: another file system than the host's, and no /dev/kvm
+            assert os.stat(b.root_view / "dev").st_dev != os.stat("/dev").st_dev
+            assert not (b.root_view / "dev/kvm").exists()
+            first = b.run("cat /proc/sys/kernel/random/boot_id").stdout.strip()
+            b.write("/root/kept", "across the reboot\n")
+            b.reboot()
+            assert b.boots == 2
+            assert b.run("cat /root/kept").stdout == "across the reboot\n"
+            assert b.run("cat /proc/sys/kernel/random/boot_id").stdout.strip() != first
+            boots = b.run("journalctl --list-boots --no-pager -q").stdout.strip().splitlines()
+            assert len(boots) == 2, boots
+            assert "systemctl reboot" in b.journal(-1) or "Reached target" in b.journal(-1)
+            assert "Reached target" in b.journal(0)
+        assert b.leftovers() == []
+        assert not b.scratch.exists()
+        assert (img / "etc/machine-id").read_bytes() == img_id  # the image never changes
+        assert not (img / "root/kept").exists() and not (img / "home/bob").exists()
+        assert dev_snapshot() == dev_before
+
+    def test_a_failed_unit_is_named(self) -> None:
+        with BootedSystem(image(SUITES[0])) as b:
+            b.preload("/etc/systemd/system/vd-broken.service",
+                      "[Service]\nType=oneshot\nExecStart=/bin/false\n"
+                      "[Install]\nWantedBy=multi-user.target\n")
+            b.preload("/etc/systemd/system/multi-user.target.wants/vd-broken.service",
+                      b"")  # replaced by a symlink below
+            wants = b.scratch / "upper/etc/systemd/system/multi-user.target.wants"
+            (wants / "vd-broken.service").unlink()
+            (wants / "vd-broken.service").symlink_to("/etc/systemd/system/vd-broken.service")
+            with pytest.raises(BootedError, match="vd-broken.service"):
+                b.boot()
+            assert not b.running
+        assert b.leftovers() == []
+
+    def test_an_interrupted_boot_leaves_nothing(self) -> None:
+        def interrupt(signum: int, frame: FrameType | None) -> None:
+            raise KeyboardInterrupt
+
+        old = signal.signal(signal.SIGALRM, interrupt)
+        try:
+            b = BootedSystem(image(SUITES[0]))
+            with pytest.raises(KeyboardInterrupt):
+                with b:
+                    signal.setitimer(signal.ITIMER_REAL, 0.5)
+                    b.boot()
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, old)
+        assert b.leftovers() == []
+        assert not any(d.exists() for d in cgroup_dirs(b.name))
+
+
+# ---------------------------------------------------------------------- the story
+class Story:
+    """One booted system per suite and what the story measured on it."""
+
+    def __init__(self, suite: str, system: BootedSystem) -> None:
+        self.suite = suite
+        self.b = system
+        self.t0 = time.monotonic()
+        self.facts: dict[str, Any] = {}
+        self.lines: list[str] = []
+
+    def sh(self, cmd: str, **kw: Any) -> str:
+        return _clean(self.b.run(cmd, **kw).stdout, cmd)
+
+    def note(self, text: str) -> None:
+        self.lines.append(text)
+
+    def unit(self, name: str, *props: str) -> dict[str, str]:
+        out = self.sh(f"systemctl show {name} " + " ".join(f"-p {p}" for p in props))
+        return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+    def write_report(self) -> None:
+        REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        boots = ", ".join(f"{s:.1f}" for s in self.b.boot_seconds)
+        text = [f"suite {self.suite}: boots to running (s): {boots};"
+                f" story {time.monotonic() - self.t0:.0f} s", *self.lines, *self.b.notes]
+        (REPORT_DIR / f"{self.suite}.txt").write_text("\n".join(text) + "\n")
+
+
+@pytest.fixture(scope="class", params=SUITES)
+def story(request: pytest.FixtureRequest) -> Iterator[Story]:
+    suite = request.param
+    dev_before = dev_snapshot()
+    b = BootedSystem(image(suite), allow_failed=ALLOW_FAILED)
+    s = Story(suite, b)
+    try:
+        b.boot()
+        b.copy_in(deb(), f"/root/{deb().name}")
+        yield s
+    finally:
+        b.stop()
+        s.write_report()
+    assert b.leftovers() == []
+    assert dev_snapshot() == dev_before
+
+
+@pytest.mark.usefixtures("story")
+class TestStory:
+    """Steps in order on one booted system per suite (pytest keeps the class order)."""
+
+    def test_a_install_reaches_socket_activated_libvirtd(self, story: Story) -> None:
+        s = story
+        s.sh("systemctl stop libvirtd.service")  # as after its idle timeout
+        state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
+        assert state == ["inactive", "active"], state
+        stopped = int(s.unit("libvirtd.service", "InactiveEnterTimestampMonotonic")
+                      ["InactiveEnterTimestampMonotonic"])
+        s.sh(f"useradd --create-home {USER}")
+        s.sh("debconf-set-selections", input=PRESEED)
+        t = time.monotonic()
+        out = s.sh(f"cd /root && {APT} ./{deb().name} 2>&1")
+        s.note(f"install: {time.monotonic() - t:.1f} s; virtdeb's lines: "
+               + " | ".join(ln for ln in out.splitlines() if ln.startswith("virtdeb:")))
+        assert "Setting up virtdeb" in out
+        assert s.sh("systemctl is-active libvirtd.service").strip() == "active"
+        after = s.unit("libvirtd.service", "ActiveEnterTimestampMonotonic")
+        assert int(after["ActiveEnterTimestampMonotonic"]) > stopped, \
+            "libvirtd was not started again (by the socket)"
+        assert s.b.failed_units() == []
+
+    def test_b_default_network_active_autostarted_and_after_reboot(self, story: Story) -> None:
+        s = story
+        info = s.sh("virsh -c qemu:///system net-info default")
+        assert "Active:         yes" in info and "Autostart:      yes" in info, info
+        s.note(f"reboot 1 (network): {s.b.reboot():.1f} s to running")
+        link = s.sh("ip -o link show virbr0")  # before anything connects to libvirt
+        assert "<" in link and ",UP" in link.split(">")[0] + ",", link
+        info = s.sh("virsh -c qemu:///system net-info default")
+        assert "Active:         yes" in info and "Autostart:      yes" in info, info
+        assert s.b.failed_units() == []
+
+    def test_d_cpu_check_after_microcode_and_reboot(self, story: Story) -> None:
+        s = story
+        made = json.loads(s.sh(f"python3 - {GUEST}", input=MAKE_GUEST).strip().splitlines()[-1])
+        missing = made["missing"]
+        s.note(f"cpu: TCG host-model {made['model']}; the guest requires {missing}"
+               f" ({made['lacks']} features lacking of the expanded host CPU);"
+               f" compareHypervisorCPU: {made['verdicts']}")
+        assert made["verdicts"]["host-model"] in (1, 2), made  # identical or superset
+        for name in missing:
+            assert name in str(made["verdicts"]["guest"]), made
+        s.sh(MAKE_UCODE)
+        for version in ("3.20250211.1", "3.20251111.1"):
+            out = s.sh(f"cd /root && {APT} ./intel-microcode_{version}_all.deb 2>&1")
+            s.note(f"intel-microcode {version}: " + " | ".join(
+                ln for ln in out.splitlines() if "virtdeb" in ln))
+        assert s.sh(f"test -e {MARKER} && echo yes").strip() == "yes"
+        s.note(f"reboot 2 (microcode): {s.b.reboot():.1f} s to running")
+        unit = s.unit(UNIT, "Result", "ActiveState", "ExecMainStatus",
+                      "ExecMainStartTimestampMonotonic")
+        lv = s.unit("libvirtd.service", "ActiveEnterTimestampMonotonic")
+        assert unit["Result"] == "success" and unit["ExecMainStatus"] == "0", unit
+        assert unit["ActiveState"] != "failed", unit
+        assert int(unit["ExecMainStartTimestampMonotonic"]) > 0, "the unit did not run"
+        lines = s.b.journal(0, unit=UNIT, args="-o cat").splitlines()
+        s.note("cpu-check unit at the boot after the microcode upgrade: (libvirtd active at"
+               f" {int(lv['ActiveEnterTimestampMonotonic']) / 1e6:.2f} s, unit started at"
+               f" {int(unit['ExecMainStartTimestampMonotonic']) / 1e6:.2f} s)")
+        s.lines += [f"  | {ln}" for ln in lines]
+        text = "\n".join(lines)
+        assert "cannot check" not in text and "Traceback" not in text, text
+        named = [ln for ln in lines if GUEST in ln]
+        assert named, text
+        for name in missing:
+            assert any(name in ln for ln in lines), (name, text)
+        assert s.sh(f"test -e {MARKER} || echo gone").strip() == "gone"
+        report = json.loads(s.sh(f"cat {REPORT}"))
+        assert report["reason"] == "boot after microcode update", report
+        # the next boot, with no microcode change: the unit runs and does nothing
+        before = s.sh(f"sha256sum {REPORT}")
+        s.note(f"reboot 3 (no change): {s.b.reboot():.1f} s to running")
+        unit = s.unit(UNIT, "Result", "ExecMainStatus", "ExecMainStartTimestampMonotonic")
+        assert unit["Result"] == "success" and int(unit["ExecMainStartTimestampMonotonic"]) > 0
+        quiet = [ln for ln in s.b.journal(0, unit=UNIT, args="-o cat").splitlines()
+                 if ln.startswith("virtdeb: ")]
+        assert quiet == [], quiet
+        assert s.sh(f"sha256sum {REPORT}") == before
+        assert s.b.failed_units() == []
+
+    def test_h_purge_then_reboot(self, story: Story) -> None:
+        s = story
+        s.sh("dpkg --purge virtdeb 2>&1")
+        s.note(f"reboot 4 (purged): {s.b.reboot():.1f} s to running")
+        assert s.b.failed_units() == []
+        left = s.sh("find / -xdev \\( -path /proc -o -path /sys -o -path /root \\) -prune"
+                    " -o -name '*virtdeb*' -print")
+        assert left.strip() == "", left
+        assert s.sh("grep -rl virtdeb /etc || true").strip() == ""
+        assert s.sh("debconf-show virtdeb").strip() == ""
+        out = s.sh("virsh -c qemu:///system net-list --all")
+        assert "default" in out, out
+        s.note("purge: nothing named virtdeb left; libvirt answers: "
+               + " ".join(out.split()[-3:]))
+
+
+def test_report_files_name_every_suite() -> None:
+    """The reports the Makefile prints exist for every suite that ran."""
+    for suite in SUITES:
+        assert (REPORT_DIR / f"{suite}.txt").exists(), suite
+
