@@ -10,6 +10,11 @@ a. install: ``apt-get install ./virtdeb_*.deb`` with preseeded debconf answers, 
    "cannot connect", and no unit failed;
 b. network: ``default`` active and autostarted after the install, and after a reboot
    active again with virbr0 up (libvirt's own autostart);
+c. dnsmasq: after ``apt-get install dnsmasq`` (offline, from the image's apt cache) the
+   system ``dnsmasq.service`` (on 127.0.0.1 only) and the default network's dnsmasq both
+   run, and again after a reboot; a boot without virtdeb's drop-in loses one of them to
+   "Address already in use" (which one is written to the report); ``virtdeb apply
+   dnsmasq`` brings both back;
 d. CPU after microcode: a TCG guest (nspawn gives the container no /dev/kvm) whose custom
    CPU is libvirt's host-model written out plus ``require`` for two features the expanded
    host-model lacks (hle and rtm when those are missing, as in README.Debian); a stand-in
@@ -18,7 +23,9 @@ d. CPU after microcode: a TCG guest (nspawn gives the container no /dev/kvm) who
    marker is gone and the unit did not fail; at the next boot (no microcode change) it
    does nothing;
 h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtdeb left,
-   libvirt still answers.
+   libvirt still answers. (The purge removes the drop-in while dnsmasq stays installed;
+   at that boot the default network then loses port 53 to the system dnsmasq, as in
+   step c: the report says so when it happens.)
 
 Run by ``make booted`` (part of ``make check``), which sets VIRTDEB_BOOTED_SUITES and
 VIRTDEB_BOOTED_DEB; there a missing image, .deb or systemd-nspawn is a failure. Without
@@ -59,6 +66,9 @@ APT = "apt-get install -y -q -o Dpkg::Use-Pty=0"
 MARKER = "/var/lib/virtdeb/cpu/check-after-boot"
 REPORT = "/var/lib/virtdeb/cpu/last-report.json"
 UNIT = "virtdeb-cpu-check.service"
+DROP_IN = "/etc/dnsmasq.d/00_libvirtd.conf"
+WITHOUT_DROP_IN = {"dnsmasq.service": "the README's reason: without virtdeb's drop-in the"
+                   " system dnsmasq and the default network's dnsmasq both want port 53"}
 BAD_WORDS = ("cannot connect", "Traceback")
 
 pytestmark = [pytest.mark.booted, pytest.mark.integration]
@@ -314,6 +324,49 @@ class TestStory:
         assert "Active:         yes" in info and "Autostart:      yes" in info, info
         assert s.b.failed_units() == []
 
+    def test_c_dnsmasq_service_and_network_dnsmasq_both_run(self, story: Story) -> None:
+        s = story
+        out = s.sh(f"{APT} dnsmasq 2>&1")  # from the image's apt cache: no mirror here
+        s.note("dnsmasq install: " + " | ".join(
+            ln for ln in out.splitlines() if "virtdeb" in ln or "dnsmasq.service" in ln))
+        s.note("dnsmasq.service at its install: " + " | ".join(
+            s.b.journal(0, "dnsmasq.service", "-o cat").splitlines()))
+        self._both_run(s)
+        s.note(f"reboot (dnsmasq): {s.b.reboot():.1f} s to running")
+        self._both_run(s)
+        # the README's reason: the same boot without virtdeb's drop-in
+        s.sh(f"rm {DROP_IN}")
+        s.note(f"reboot (no drop-in): {s.b.reboot(expect_failed=WITHOUT_DROP_IN):.1f} s")
+        failed = s.b.failed_units()
+        net = s.sh("virsh -c qemu:///system net-info default")
+        lost = []
+        if "dnsmasq.service" in failed:
+            lost.append("dnsmasq.service: " + " / ".join(
+                ln for ln in s.b.journal(0, "dnsmasq.service", "-o cat").splitlines()
+                if "Address already in use" in ln))
+        if "Active:         no" in net:
+            lost.append("network default: " + " / ".join(
+                ln for ln in s.b.journal(0, "libvirtd.service", "-o cat").splitlines()
+                if "dnsmasq" in ln and "Address already in use" in ln))
+        s.note(f"without the drop-in ({len(lost)} of 2 failed): " + "; ".join(lost))
+        assert len(lost) == 1 and "Address already in use" in lost[0], (lost, failed, net)
+        # virtdeb puts it back and restarts the system dnsmasq; the network starts again
+        out = s.sh("virtdeb apply dnsmasq 2>&1")
+        if "Active:         no" in net:
+            s.sh("virsh -c qemu:///system net-start default")
+        self._both_run(s)
+
+    @staticmethod
+    def _both_run(s: Story) -> None:
+        assert s.sh("systemctl is-active dnsmasq.service").strip() == "active"
+        assert "interface=lo" in s.sh(f"cat {DROP_IN}")
+        procs = s.sh("pgrep -a dnsmasq")
+        assert "/etc/dnsmasq.d" in procs and "default.conf" in procs, procs
+        listen = s.sh("ss -lnu 'sport = :53'")
+        assert "127.0.0.1:53" in listen and "192.168.122.1:53" in listen, listen
+        assert "0.0.0.0:53" not in listen, listen
+        assert s.b.failed_units() == []
+
     def test_d_cpu_check_after_microcode_and_reboot(self, story: Story) -> None:
         s = story
         made = json.loads(s.sh(f"python3 - {GUEST}", input=MAKE_GUEST).strip().splitlines()[-1])
@@ -372,10 +425,17 @@ class TestStory:
         assert left.strip() == "", left
         assert s.sh("grep -rl virtdeb /etc || true").strip() == ""
         assert s.sh("debconf-show virtdeb").strip() == ""
-        out = s.sh("virsh -c qemu:///system net-list --all")
-        assert "default" in out, out
-        s.note("purge: nothing named virtdeb left; libvirt answers: "
-               + " ".join(out.split()[-3:]))
+        info = s.sh("virsh -c qemu:///system net-info default")  # libvirt answers
+        if "Active:         no" in info:
+            # dnsmasq (installed in step c) stays; without virtdeb's drop-in it takes
+            # port 53 at boot before libvirt's autostart: the README's problem is back
+            why = [ln for ln in s.b.journal(0, "libvirtd.service", "-o cat").splitlines()
+                   if "Address already in use" in ln]
+            assert why, info
+            s.note(f"purge: the default network did not start at this boot: {why[0]}")
+        else:
+            s.note("purge: the default network is active again")
+        s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers")
 
 
 def test_report_files_name_every_suite() -> None:

@@ -283,8 +283,10 @@ class BootedSystem:
         return list(self._state.notes)
 
     # ------------------------------------------------------------------ boot
-    def boot(self, timeout: float = BOOT_TIMEOUT) -> float:
-        """Boot the overlay; wait until systemd is up. Returns the seconds it took."""
+    def boot(self, timeout: float = BOOT_TIMEOUT,
+             expect_failed: Mapping[str, str] | None = None) -> float:
+        """Boot the overlay; wait until systemd is up. Returns the seconds it took.
+        EXPECT_FAILED: units allowed to fail at this boot only (unit -> why)."""
         if self.running:
             raise BootedError("already running")
         self.boots += 1
@@ -306,7 +308,7 @@ class BootedSystem:
         (s / "nspawn.pid").write_text(f"{proc.pid}\n")
         try:
             self._find_pid1(proc, start + 60)
-            self._wait_up(start + timeout)
+            self._wait_up(start + timeout, {**self.allow_failed, **(expect_failed or {})})
         except BaseException:
             _halt(self._state, wait=20)
             raise
@@ -335,7 +337,7 @@ class BootedSystem:
         raise BootedError(f"no container PID 1 under nspawn {proc.pid}:\n"
                           f"{_tail(self.console_log)}")
 
-    def _wait_up(self, deadline: float) -> None:
+    def _wait_up(self, deadline: float, allowed: Mapping[str, str]) -> None:
         state = ""
         while time.monotonic() < deadline:
             if not self.running:
@@ -347,7 +349,7 @@ class BootedSystem:
                 return
             if state == "degraded":
                 failed = self.failed_units()
-                unexpected = [u for u in failed if u not in self.allow_failed]
+                unexpected = [u for u in failed if u not in allowed]
                 if unexpected:
                     raise BootedError(f"degraded: failed units {unexpected}:\n"
                                       + self.run(f"systemctl status --no-pager -n 20"
@@ -355,7 +357,7 @@ class BootedSystem:
                                                  check=False).stdout)
                 for unit in failed:
                     self._state.notes.append(f"boot {self.boots}: {unit} failed"
-                                             f" ({self.allow_failed[unit]})")
+                                             f" ({allowed[unit]})")
                 return
             time.sleep(0.25)
         raise BootedError(f"systemd not up after the timeout (state {state!r}); jobs:\n"
@@ -411,7 +413,8 @@ class BootedSystem:
         return self.run(f"journalctl --no-pager -q -b {boot}{sel} {args}").stdout
 
     # ------------------------------------------------------------------ reboot, stop
-    def reboot(self, timeout: float = BOOT_TIMEOUT) -> float:
+    def reboot(self, timeout: float = BOOT_TIMEOUT,
+               expect_failed: Mapping[str, str] | None = None) -> float:
         """The system's own ``systemctl reboot``; then the same overlay boots again."""
         proc = self._state.nspawn
         assert proc is not None
@@ -425,7 +428,7 @@ class BootedSystem:
             raise BootedError(f"systemd-nspawn exited {status}, not {NSPAWN_REBOOT_STATUS}"
                               f" (reboot):\n{_tail(self.console_log)}")
         _halt(self._state, wait=10)  # nothing may be left of the old boot
-        return self.boot(timeout)
+        return self.boot(timeout, expect_failed)
 
     def stop(self) -> None:
         """Power off (SIGKILL if it hangs), wait for every process, remove the scratch."""
