@@ -22,6 +22,11 @@ d. CPU after microcode: a TCG guest (nspawn gives the container no /dev/kvm) who
    virtdeb-cpu-check.service has run, its journal names the guest and the features, the
    marker is gone and the unit did not fail; at the next boot (no microcode change) it
    does nothing;
+f. access: the debconf answer's user lists the guest through qemu:///system (polkitd's
+   verdict on libvirt's group rule); a user outside the group is refused; after
+   ``virtdeb acl grant USER --read-only`` (libvirtd restarted by systemd to read the
+   access driver) that user lists on the read-only socket and cannot define on either
+   (read-write: polkitd's "access denied by policy" instead of "no polkit agent");
 h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtdeb left,
    libvirt still answers. (The purge removes the drop-in while dnsmasq stays installed;
    at that boot the default network then loses port 53 to the system dnsmasq, as in
@@ -57,6 +62,8 @@ REPORT_DIR = TOP / ".build" / "booted"
 ALLOW_FAILED: dict[str, str] = {}
 GUEST = "legacy-guest"
 USER = "alice"
+OUTSIDER = "bob"
+STRANGER = "carol"
 PRESEED = f"""\
 virtdeb virtdeb/access_users string {USER}
 virtdeb virtdeb/network_autostart boolean true
@@ -125,6 +132,11 @@ MAKE_UCODE = (
     " $1 > $d/DEBIAN/control; echo $1 > $d/usr/lib/firmware/intel-ucode/06-3c-03;"
     " dpkg-deb --root-owner-group --build $d /root/intel-microcode_$1_all.deb >/dev/null; };"
     " mkucode 3.20250211.1 && mkucode 3.20251111.1")
+
+
+def _last(out: str) -> str:
+    lines = [ln.strip() for ln in out.splitlines() if ln.strip()]
+    return lines[-1] if lines else "(nothing)"
 
 
 def _need(what: bool, why: str) -> None:
@@ -295,9 +307,12 @@ class TestStory:
 
     def test_a_install_reaches_socket_activated_libvirtd(self, story: Story) -> None:
         s = story
-        s.sh("systemctl stop libvirtd.service")  # as after its idle timeout
+        # as after its idle timeout: a daemon that has served (started at boot), stopped
+        s.sh("virsh -c qemu:///system uri && systemctl stop libvirtd.service")
         state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
-        assert state == ["inactive", "active"], state
+        assert state == ["inactive", "active"], (state, s.unit(
+            "libvirtd.service", "Result", "ExecMainCode", "ExecMainStatus"),
+            s.b.journal(0, "libvirtd.service", "-o short-monotonic | tail -n 15"))
         stopped = int(s.unit("libvirtd.service", "InactiveEnterTimestampMonotonic")
                       ["InactiveEnterTimestampMonotonic"])
         s.sh(f"useradd --create-home {USER}")
@@ -415,6 +430,40 @@ class TestStory:
         assert s.sh(f"sha256sum {REPORT}") == before
         assert s.b.failed_units() == []
 
+    def test_f_access_through_polkitd(self, story: Story) -> None:
+        s = story
+        s.sh(f"useradd --create-home {OUTSIDER} && useradd --create-home {STRANGER}")
+        lst = "virsh -c qemu:///system list --all --name"
+        assert GUEST in s.sh(lst, user=USER)  # the debconf answer's user: group libvirt
+        out = s.b.run(lst, user=OUTSIDER, check=False)
+        s.note(f"access: {OUTSIDER} (not in group libvirt), read-write: {_last(out.stdout)}")
+        assert out.returncode != 0 and "polkit" in out.stdout, out.stdout
+        out = s.sh(f"virtdeb acl grant {OUTSIDER} --read-only"
+                   " --set virtdeb.allow_edit=libvirtd.conf 2>&1")
+        s.note(f"access: virtdeb acl grant {OUTSIDER} --read-only: {_last(out)}")
+        s.sh("systemctl restart libvirtd.service")  # the access driver is read at start
+        ro = "virsh -r -c qemu:///system"
+        assert GUEST in s.sh(f"{ro} list --all --name", user=OUTSIDER)
+        # for comparison (a fact, not virtdeb's): a user without any grant on the
+        # read-only socket; libvirt's own polkit defaults let anyone read there
+        other = s.b.run(f"{ro} list --all --name", user=STRANGER, check=False)
+        s.note(f"access: {STRANGER} (no grant), virsh -r list --all: rc {other.returncode},"
+               f" sees the guest: {GUEST in other.stdout}")
+        s.sh(f"virsh -c qemu:///system dumpxml --inactive {GUEST}"
+             f" | sed 's#<name>{GUEST}<#<name>{GUEST}-2<#; /<uuid>/d' > /tmp/g2.xml"
+             " && chmod 644 /tmp/g2.xml")
+        for uri in ("-r -c qemu:///system", "-c qemu:///system"):
+            out = s.b.run(f"virsh {uri} define /tmp/g2.xml", user=OUTSIDER, check=False)
+            s.note(f"access: {OUTSIDER} after the grant, virsh {uri} define:"
+                   f" {_last(out.stdout)}")
+            assert out.returncode != 0, out.stdout
+        assert f"{GUEST}-2" not in s.sh(f"{lst}")
+        assert GUEST in s.sh(lst, user=USER)  # the group member keeps libvirt's API
+        verdicts = [ln for ln in s.b.journal(0, "polkit.service", "-o cat").splitlines()
+                    if OUTSIDER in ln or "libvirt" in ln]
+        s.lines += [f"  polkitd| {ln}" for ln in verdicts[-6:]]
+        assert s.b.failed_units() == []
+
     def test_h_purge_then_reboot(self, story: Story) -> None:
         s = story
         s.sh("dpkg --purge virtdeb 2>&1")
@@ -435,7 +484,10 @@ class TestStory:
             s.note(f"purge: the default network did not start at this boot: {why[0]}")
         else:
             s.note("purge: the default network is active again")
-        s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers")
+        s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers;"
+               " libvirtd.conf keeps: " + (s.sh("grep '^access_drivers'"
+                                                " /etc/libvirt/libvirtd.conf || true").strip()
+                                           or "no access_drivers line"))
 
 
 def test_report_files_name_every_suite() -> None:
