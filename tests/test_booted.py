@@ -27,6 +27,9 @@ f. access: the debconf answer's user lists the guest through qemu:///system (pol
    ``virtdeb acl grant USER --read-only`` (libvirtd restarted by systemd to read the
    access driver) that user lists on the read-only socket and cannot define on either
    (read-write: polkitd's "access denied by policy" instead of "no polkit agent");
+g. debug: after ``virtdeb debug --enable`` the next libvirtd, started through the socket,
+   writes debug lines by the filters; ``--disable`` restores libvirtd.conf byte for byte
+   and the next start writes none;
 h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtdeb left,
    libvirt still answers. (The purge removes the drop-in while dnsmasq stays installed;
    at that boot the default network then loses port 53 to the system dnsmasq, as in
@@ -464,6 +467,29 @@ class TestStory:
         s.lines += [f"  polkitd| {ln}" for ln in verdicts[-6:]]
         assert s.b.failed_units() == []
 
+    def test_g_debug_filters_at_the_next_socket_start(self, story: Story) -> None:
+        s = story
+        conf, log = "/etc/libvirt/libvirtd.conf", "/var/log/libvirt/libvirtd.log"
+        before = s.sh(f"sha256sum {conf}")
+        out = s.sh("virtdeb debug --enable 2>&1")
+        s.note(f"debug --enable: {_last(out)}")
+        s.sh(f"grep -E '^log_(filters|outputs)' {conf}")
+        # the next start: the daemon idles out (here: stopped), a client starts it
+        s.sh(f"systemctl stop libvirtd.service && rm -f {log}")
+        s.sh("virsh -c qemu:///system list --all --name")
+        pid = s.unit("libvirtd.service", "MainPID")["MainPID"]
+        debug = s.sh(f"grep -c ': {pid}: debug : ' {log} || true").strip()
+        s.note(f"debug: libvirtd {pid}, started by the socket, wrote {debug} debug lines"
+               f" to {log}")
+        assert int(debug or 0) > 0, s.sh(f"tail -n 5 {log}")
+        out = s.sh("virtdeb debug --disable 2>&1")
+        assert s.sh(f"sha256sum {conf}") == before, "--disable did not restore the bytes"
+        s.sh(f"systemctl stop libvirtd.service && rm -f {log}")
+        s.sh("virsh -c qemu:///system list --all --name")
+        assert s.sh(f"test -e {log} && grep -c ' debug : ' {log} || echo none").strip() \
+            in ("none", "0")
+        assert s.b.failed_units() == []
+
     def test_h_purge_then_reboot(self, story: Story) -> None:
         s = story
         s.sh("dpkg --purge virtdeb 2>&1")
@@ -484,6 +510,10 @@ class TestStory:
             s.note(f"purge: the default network did not start at this boot: {why[0]}")
         else:
             s.note("purge: the default network is active again")
+        # a fact for the report: the group member's write access after the purge
+        w = s.b.run(f"virsh -c qemu:///system autostart {GUEST}", user=USER, check=False)
+        s.note(f"purge: {USER} (group libvirt) virsh autostart {GUEST}: rc {w.returncode},"
+               f" {_last(w.stdout)}")
         s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers;"
                " libvirtd.conf keeps: " + (s.sh("grep '^access_drivers'"
                                                 " /etc/libvirt/libvirtd.conf || true").strip()
