@@ -30,6 +30,11 @@ f. access: the debconf answer's user lists the guest through qemu:///system (pol
 g. debug: after ``virtdeb debug --enable`` the next libvirtd, started through the socket,
    writes debug lines by the filters; ``--disable`` restores libvirtd.conf byte for byte
    and the next start writes none;
+e. bridge: the helper's capability is back after ``apt-get install --reinstall
+   qemu-system-common``; an unprivileged user's qemu:///session guest (TCG, no disk) with
+   ``<interface type='bridge'><source bridge='br0'/>`` starts through qemu-bridge-helper
+   and its tap is a port of br0; without the capability, or without ``allow br0``, the
+   start fails with the helper's own message (``virtdeb apply bridge`` repairs both);
 h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtdeb left,
    libvirt still answers. (The purge removes the drop-in while dnsmasq stays installed;
    at that boot the default network then loses port 53 to the system dnsmasq, as in
@@ -71,7 +76,17 @@ PRESEED = f"""\
 virtdeb virtdeb/access_users string {USER}
 virtdeb virtdeb/network_autostart boolean true
 virtdeb virtdeb/cpu_on_microcode select warn
+virtdeb virtdeb/allow_edit multiselect bridge.conf
+virtdeb virtdeb/bridge_allow string br0
 """
+HELPER = "/usr/lib/qemu/qemu-bridge-helper"
+# files of /etc virtdeb edits and, by design, keeps on purge
+KEPT_ON_PURGE = {"/etc/qemu/bridge.conf": "the administrator's file (no package ships it),"
+                 " edited with consent; virtdeb/rules/bridge.py keeps it on purge"}
+# a session guest of USER: TCG, no disk, one interface on br0 through the bridge helper
+BRIDGED = ("<domain type='qemu'><name>bridged</name><memory unit='MiB'>64</memory>"
+           "<os><type arch='x86_64'>hvm</type></os><devices><interface type='bridge'>"
+           "<source bridge='br0'/><model type='e1000'/></interface></devices></domain>")
 APT = "apt-get install -y -q -o Dpkg::Use-Pty=0"
 MARKER = "/var/lib/virtdeb/cpu/check-after-boot"
 REPORT = "/var/lib/virtdeb/cpu/last-report.json"
@@ -490,6 +505,45 @@ class TestStory:
             in ("none", "0")
         assert s.b.failed_units() == []
 
+    def test_e_bridge_helper_for_a_session_guest(self, story: Story) -> None:
+        s = story
+        out = s.sh(f"{APT} --reinstall qemu-system-common 2>&1")
+        s.note("bridge: qemu-system-common reinstalled: " + " | ".join(
+            ln for ln in out.splitlines() if ln.startswith("virtdeb:")))
+        assert "cap_net_admin" in s.sh(f"getcap {HELPER}")
+        assert "allow br0" in s.sh("grep '^allow' /etc/qemu/bridge.conf")
+        mode = s.sh("stat -c %a /dev/net/tun").strip()
+        if mode != "666":
+            # bookworm: a real host gets 0666 from udev (50-udev-default.rules of udev
+            # 252: KERNEL=="tun", MODE="0666"); no udev runs in the container, and
+            # systemd 252 has no tmpfiles line for it (trixie's systemd has one).
+            # nspawn's own /dev, not the host's.
+            s.sh("chmod 0666 /dev/net/tun")
+            s.note(f"bridge: /dev/net/tun was {mode} in the container (no udev): made 0666,"
+                   " as udev's rule does on a real host")
+        s.sh("ip link add br0 type bridge && ip link set br0 up")
+        s.b.write(f"/home/{USER}/bridged.xml", BRIDGED)
+        session = "virsh -c qemu:///session"
+        s.sh(f"{session} define bridged.xml && {session} start bridged", user=USER)
+        ports = s.sh("ip -br link show master br0")
+        iface = s.sh(f"{session} domiflist bridged", user=USER)
+        s.note(f"bridge: {USER}'s session guest started; ports of br0: {_last(ports)}")
+        tap = ports.split()[0] if ports.split() else "(none)"
+        assert tap in iface and "br0" in iface, (ports, iface)
+        s.sh(f"{session} destroy bridged", user=USER)
+        for undo, label in ((f"setcap -r {HELPER}", "without the capability"),
+                            ("sed -i 's/^allow br0/#allow br0/' /etc/qemu/bridge.conf",
+                             "without allow br0")):
+            s.sh(undo)
+            out = s.b.run(f"{session} start bridged", user=USER, check=False)
+            helper = [ln for ln in out.stdout.splitlines() if "bridge helper" in ln]
+            s.note(f"bridge: {label}: {helper[0] if helper else _last(out.stdout)}")
+            assert out.returncode != 0 and helper, out.stdout
+            s.sh("virtdeb apply bridge 2>&1")  # virtdeb puts it back
+        s.sh(f"{session} start bridged && {session} destroy bridged"
+             f" && {session} undefine bridged", user=USER)
+        assert s.b.failed_units() == []
+
     def test_h_purge_then_reboot(self, story: Story) -> None:
         s = story
         s.sh("dpkg --purge virtdeb 2>&1")
@@ -498,7 +552,10 @@ class TestStory:
         left = s.sh("find / -xdev \\( -path /proc -o -path /sys -o -path /root \\) -prune"
                     " -o -name '*virtdeb*' -print")
         assert left.strip() == "", left
-        assert s.sh("grep -rl virtdeb /etc || true").strip() == ""
+        naming = s.sh("grep -rl virtdeb /etc || true").split()
+        assert set(naming) <= set(KEPT_ON_PURGE), naming
+        s.note(f"purge: files in /etc still naming virtdeb: {naming or 'none'}"
+               + "".join(f" ({KEPT_ON_PURGE[f]})" for f in naming))
         assert s.sh("debconf-show virtdeb").strip() == ""
         info = s.sh("virsh -c qemu:///system net-info default")  # libvirt answers
         if "Active:         no" in info:
@@ -514,10 +571,15 @@ class TestStory:
         w = s.b.run(f"virsh -c qemu:///system autostart {GUEST}", user=USER, check=False)
         s.note(f"purge: {USER} (group libvirt) virsh autostart {GUEST}: rc {w.returncode},"
                f" {_last(w.stdout)}")
+        drivers = s.sh("grep '^access_drivers' /etc/libvirt/libvirtd.conf || true").strip()
         s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers;"
-               " libvirtd.conf keeps: " + (s.sh("grep '^access_drivers'"
-                                                " /etc/libvirt/libvirtd.conf || true").strip()
-                                           or "no access_drivers line"))
+               f" libvirtd.conf keeps: {drivers or 'no access_drivers line'}")
+        if w.returncode != 0 and drivers:
+            # known, not fixed here: step f's consented access_drivers edit stays, the
+            # rules file that let the group keep libvirt's API goes with the purge
+            pytest.xfail(f"after the purge {USER} (group libvirt) is denied: libvirtd.conf"
+                         f" keeps {drivers!r}, virtdeb's polkit rules are gone")
+        assert w.returncode == 0, w.stdout
 
 
 def test_report_files_name_every_suite() -> None:
