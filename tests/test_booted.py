@@ -9,7 +9,9 @@ a. install: ``apt-get install ./virtdeb_*.deb`` with preseeded debconf answers, 
    minutes): the postinst's connection starts libvirtd through the socket, nothing prints
    "cannot connect", and no unit failed;
 b. network: ``default`` active and autostarted after the install, and after a reboot
-   active again with virbr0 up (libvirt's own autostart);
+   active again with virbr0 up (libvirt's own autostart); and in a system of its own, with
+   192.168.122.5/24 on the container's own interface before the install, the network is
+   defined on a free subnet and is active again after a reboot;
 c. dnsmasq: after ``apt-get install dnsmasq`` (offline, from the image's apt cache) the
    system ``dnsmasq.service`` (on 127.0.0.1 only) and the default network's dnsmasq both
    run, and again after a reboot; a boot without virtdeb's drop-in loses one of them to
@@ -51,6 +53,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -59,7 +63,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.booted import BootedError, BootedSystem, cgroup_dirs
+from tests.harness.booted import BootedError, BootedSystem, _gone, cgroup_dirs
 
 TOP = Path(__file__).resolve().parents[1]
 SUITES_ENV = os.environ.get("VIRTDEB_BOOTED_SUITES")
@@ -273,6 +277,33 @@ class TestHarness:
         assert not any(d.exists() for d in cgroup_dirs(b.name))
 
 
+    def test_a_killed_owner_is_swept_at_the_next_start(self) -> None:
+        """pytest SIGKILLed while a system runs: the next BootedSystem removes it all."""
+        img = image(SUITES[0])
+        code = ("import sys, time; from pathlib import Path;"
+                " from tests.harness.booted import BootedSystem;"
+                " b = BootedSystem(Path(sys.argv[1])); b.boot();"
+                " print(b.scratch, flush=True); time.sleep(600)")
+        owner = subprocess.Popen([sys.executable, "-c", code, str(img)], cwd=TOP,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            assert owner.stdout is not None
+            scratch = Path(owner.stdout.readline().strip())
+        finally:
+            owner.kill()
+            owner.wait()
+        inits = [line.split() for line in (scratch / "inits").read_text().splitlines()]
+        assert any(not _gone(int(pid)) for pid, _start in inits)  # the system still runs
+        b = BootedSystem(img)
+        try:
+            assert str(scratch) in b.swept
+        finally:
+            b.stop()
+        assert not scratch.exists()
+        assert all(_gone(int(pid)) for pid, _start in inits)
+        assert not any(d.exists() for d in cgroup_dirs(scratch.name))
+
+
 # ---------------------------------------------------------------------- the story
 class Story:
     """One booted system per suite and what the story measured on it."""
@@ -453,12 +484,13 @@ class TestStory:
         s.sh(f"useradd --create-home {OUTSIDER} && useradd --create-home {STRANGER}")
         lst = "virsh -c qemu:///system list --all --name"
         assert GUEST in s.sh(lst, user=USER)  # the debconf answer's user: group libvirt
-        out = s.b.run(lst, user=OUTSIDER, check=False)
-        s.note(f"access: {OUTSIDER} (not in group libvirt), read-write: {_last(out.stdout)}")
-        assert out.returncode != 0 and "polkit" in out.stdout, out.stdout
-        out = s.sh(f"virtdeb acl grant {OUTSIDER} --read-only"
-                   " --set virtdeb.allow_edit=libvirtd.conf 2>&1")
-        s.note(f"access: virtdeb acl grant {OUTSIDER} --read-only: {_last(out)}")
+        refused = s.b.run(lst, user=OUTSIDER, check=False)
+        s.note(f"access: {OUTSIDER} (not in group libvirt), read-write:"
+               f" {_last(refused.stdout)}")
+        assert refused.returncode != 0 and "polkit" in refused.stdout, refused.stdout
+        granted = s.sh(f"virtdeb acl grant {OUTSIDER} --read-only"
+                       " --set virtdeb.allow_edit=libvirtd.conf 2>&1")
+        s.note(f"access: virtdeb acl grant {OUTSIDER} --read-only: {_last(granted)}")
         s.sh("systemctl restart libvirtd.service")  # the access driver is read at start
         ro = "virsh -r -c qemu:///system"
         assert GUEST in s.sh(f"{ro} list --all --name", user=OUTSIDER)
@@ -535,10 +567,10 @@ class TestStory:
                             ("sed -i 's/^allow br0/#allow br0/' /etc/qemu/bridge.conf",
                              "without allow br0")):
             s.sh(undo)
-            out = s.b.run(f"{session} start bridged", user=USER, check=False)
-            helper = [ln for ln in out.stdout.splitlines() if "bridge helper" in ln]
-            s.note(f"bridge: {label}: {helper[0] if helper else _last(out.stdout)}")
-            assert out.returncode != 0 and helper, out.stdout
+            fails = s.b.run(f"{session} start bridged", user=USER, check=False)
+            helper = [ln for ln in fails.stdout.splitlines() if "bridge helper" in ln]
+            s.note(f"bridge: {label}: {helper[0] if helper else _last(fails.stdout)}")
+            assert fails.returncode != 0 and helper, fails.stdout
             s.sh("virtdeb apply bridge 2>&1")  # virtdeb puts it back
         s.sh(f"{session} start bridged && {session} destroy bridged"
              f" && {session} undefine bridged", user=USER)
@@ -580,6 +612,38 @@ class TestStory:
             pytest.xfail(f"after the purge {USER} (group libvirt) is denied: libvirtd.conf"
                          f" keeps {drivers!r}, virtdeb's polkit rules are gone")
         assert w.returncode == 0, w.stdout
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_b_network_moves_off_an_address_the_host_has(suite: str) -> None:
+    """Step b's variant: before the install the container's own interface (a veth pair
+    inside its network namespace) has 192.168.122.5/24; the install defines the default
+    network on a free subnet and starts it, and libvirt autostarts it after a reboot."""
+    dev_before = dev_snapshot()
+    with BootedSystem(image(suite), allow_failed=ALLOW_FAILED) as b:
+        b.boot()
+        b.copy_in(deb(), f"/root/{deb().name}")
+        b.run("ip link add vd0 type veth peer name vd1 && ip addr add 192.168.122.5/24 dev vd0"
+              " && ip link set vd1 up && ip link set vd0 up")
+        b.run("debconf-set-selections", input="virtdeb virtdeb/network_autostart boolean true\n")
+        out = _clean(b.run(f"cd /root && {APT} ./{deb().name} 2>&1").stdout, "install")
+        moved = [ln for ln in out.splitlines() if ln.startswith("virtdeb: network")]
+        xml = b.run("virsh -c qemu:///system net-dumpxml default").stdout
+        addr = xml.split("<ip address='")[1].split("'")[0]
+        info = b.run("virsh -c qemu:///system net-info default").stdout
+        assert not addr.startswith("192.168.122."), xml
+        assert "Active:         yes" in info and "Autostart:      yes" in info, info
+        b.reboot()
+        info = b.run("virsh -c qemu:///system net-info default").stdout
+        assert "Active:         yes" in info, info
+        assert f"inet {addr}/" in b.run("ip -o addr show virbr0").stdout
+        assert b.failed_units() == []
+        REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        (REPORT_DIR / f"{suite}-network.txt").write_text(
+            f"suite {suite}: with 192.168.122.5/24 on vd0 the default network got {addr}"
+            f" and is active again after the reboot; {' | '.join(moved)}\n")
+    assert b.leftovers() == []
+    assert dev_snapshot() == dev_before
 
 
 def test_report_files_name_every_suite() -> None:

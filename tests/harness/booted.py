@@ -7,7 +7,7 @@ How it works
     upper/ work/   the overlay's writable layer (every change of every boot lands here)
     root/          where the overlay is mounted (inside a private mount namespace only)
     console-N.log  what nspawn and the container's console printed during boot N
-    nspawn.pid     the pid of the current nspawn process (for the sweep after a crash)
+    inits          "PID STARTTIME" of every nspawn and container init (for the sweep)
 
 and ``boot()`` runs, in a new private mount namespace (``unshare -m --propagation
 private``), ``mount -t overlay`` of IMAGE (lower, never written) with upper/ on root/, then
@@ -46,7 +46,10 @@ itself into ``vdboot-...`` cgroups of its own, removed at the end.) The overlay 
 lives only in the mount namespaces of nspawn and the container: the kernel drops it with
 their last process.
 Safety nets: a ``weakref.finalize`` (interpreter exit), and at every start a sweep of
-``vdboot-<pid>-*`` scratch directories whose owner pid is dead (a SIGKILLed pytest).
+``vdboot-<pid>-*`` scratch directories whose owner pid is dead (a SIGKILLed pytest): it
+SIGKILLs only the nspawn and init processes recorded there whose pid AND start time still
+match, never by pid namespace (a freed namespace's inode number is reused: seen here, a
+later namespace of another process had the inode of a finished boot's).
 ``leftovers()`` lists what is still there (processes, scratch, mounts naming it).
 
 Measured on this machine kind (2 cores, Debian 12 host, nspawn 252), see the note of
@@ -137,6 +140,19 @@ def pids_in_pidns(ns: str) -> list[int]:
     return found
 
 
+def starttime(pid: int) -> str | None:
+    """PID's start time (clock ticks after boot), which tells a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()[19]
+
+
+def _alive(pid: int, start: str) -> bool:
+    return not _gone(pid) and starttime(pid) == start
+
+
 def _kill(pid: int | None, sig: int) -> None:
     if pid is not None:
         with contextlib.suppress(ProcessLookupError):
@@ -150,7 +166,10 @@ class _State:
     nspawn: subprocess.Popen[bytes] | None = None
     pid1: int | None = None
     pidns: str | None = None
-    pidnses: list[str] = field(default_factory=list)  # of every boot, for leftovers()
+    # (pid, start time) of every boot's nspawn and container init, for leftovers(); a
+    # pid namespace's inode is reused once it is freed, so it is no lasting identity
+    inits: list[tuple[int, str]] = field(default_factory=list)
+    unconfirmed: list[str] = field(default_factory=list)  # pid namespaces not seen empty
     notes: list[str] = field(default_factory=list)
 
 
@@ -172,6 +191,9 @@ def _halt(state: _State, wait: float = STOP_WAIT) -> None:
             for pid in left:
                 _kill(pid, signal.SIGKILL)
             time.sleep(0.2)
+        if not left and state.pidns in state.unconfirmed:
+            state.unconfirmed.remove(state.pidns)
+    state.pidns = None
     state.nspawn = None
     state.pid1 = None
 
@@ -218,13 +240,12 @@ def sweep(tmp: Path) -> list[str]:
             m = _NAME_RE.match(entry.name)
             if not m or not _gone(int(m.group(1))):
                 continue
-            with contextlib.suppress(OSError, ValueError):
-                pid = int((entry / "nspawn.pid").read_text())
-                ns = (entry / "pidns").read_text().strip()
-                for p in pids_in_pidns(ns):
-                    _kill(p, signal.SIGKILL)
-                if not _gone(pid) and str(entry) in Path(f"/proc/{pid}/cmdline").read_text():
-                    _kill(pid, signal.SIGKILL)
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                # only processes that are provably ours: pid and start time as recorded
+                for line in (entry / "inits").read_text().splitlines():
+                    pid, start = line.split()
+                    if _alive(int(pid), start):
+                        _kill(int(pid), signal.SIGKILL)  # an init: its namespace goes too
             _remove_cgroups(entry.name)
             shutil.rmtree(entry, ignore_errors=True)
             done.append(str(entry))
@@ -305,7 +326,7 @@ class BootedSystem:
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=env,
                 start_new_session=True)
         self._state.nspawn = proc
-        (s / "nspawn.pid").write_text(f"{proc.pid}\n")
+        self._remember(proc.pid)
         try:
             self._find_pid1(proc, start + 60)
             self._wait_up(start + timeout, {**self.allow_failed, **(expect_failed or {})})
@@ -329,13 +350,21 @@ class BootedSystem:
                     self._state.pid1 = pid
                     self._state.pidns = _pidns(pid)
                     if self._state.pidns:
-                        self._state.pidnses.append(self._state.pidns)
-                        (self.scratch / "pidns").write_text(self._state.pidns + "\n")
+                        self._state.unconfirmed.append(self._state.pidns)
+                    self._remember(pid)
                     return
                 todo += _children(pid)
             time.sleep(0.1)
         raise BootedError(f"no container PID 1 under nspawn {proc.pid}:\n"
                           f"{_tail(self.console_log)}")
+
+    def _remember(self, pid: int) -> None:
+        """Record PID (nspawn, or the container's init) for leftovers() and the sweep."""
+        start = starttime(pid)
+        if start is not None:
+            self._state.inits.append((pid, start))
+            with open(self.scratch / "inits", "a") as f:
+                f.write(f"{pid} {start}\n")
 
     def _wait_up(self, deadline: float, allowed: Mapping[str, str]) -> None:
         state = ""
@@ -448,7 +477,9 @@ class BootedSystem:
     def leftovers(self) -> list[str]:
         """What of this system is still on the host: processes, mounts, files."""
         left = []
-        for ns in self._state.pidnses:
+        left += [f"process {pid} (nspawn or a container's init)"
+                 for pid, start in self._state.inits if _alive(pid, start)]
+        for ns in self._state.unconfirmed:
             left += [f"process {p} in the container's pid namespace {ns}"
                      for p in pids_in_pidns(ns)]
         if self._state.nspawn is not None and self._state.nspawn.poll() is None:
