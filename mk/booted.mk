@@ -26,7 +26,7 @@ booted_aptopt = $(if $(filter sid unstable,$(1)),--aptopt='Acquire::Check-Valid-
 BOOTED_PKGS := systemd systemd-sysv dbus polkitd libvirt-daemon-system libvirt-clients \
 	qemu-system-x86 python3-augeas python3-libvirt python3-debian python3-debconf augeas-lenses \
 	debconf-utils netcat-openbsd iproute2 iptables dnsmasq-base bridge-utils libcap2-bin passwd \
-	adduser util-linux procps diffutils
+	adduser util-linux procps diffutils autopkgtest
 booted_empty :=
 booted_space := $(booted_empty) $(booted_empty)
 booted_comma := ,

@@ -42,6 +42,9 @@ h. purge: ``dpkg --purge virtdeb``, reboot: no failed unit, nothing named virtde
    at that boot the default network then loses port 53 to the system dnsmasq, as in
    step c: the report says so when it happens.)
 
+Besides, on each suite: debian/tests' ``booted`` and ``system`` tests by autopkgtest's
+null runner inside a booted system, and the harness's own tests (on the first suite).
+
 Run by ``make booted`` (part of ``make check``), which sets VIRTDEB_BOOTED_SUITES and
 VIRTDEB_BOOTED_DEB; there a missing image, .deb or systemd-nspawn is a failure. Without
 VIRTDEB_BOOTED_SUITES (``make unit``, the suites' chroots) these tests are skipped.
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -642,6 +646,44 @@ def test_b_network_moves_off_an_address_the_host_has(suite: str) -> None:
         (REPORT_DIR / f"{suite}-network.txt").write_text(
             f"suite {suite}: with 192.168.122.5/24 on vd0 the default network got {addr}"
             f" and is active again after the reboot; {' | '.join(moved)}\n")
+    assert b.leftovers() == []
+    assert dev_snapshot() == dev_before
+
+
+@pytest.mark.parametrize("suite", SUITES)
+def test_autopkgtest_on_the_booted_testbed(suite: str) -> None:
+    """debian/tests/control's ``booted`` and ``system`` tests, run by autopkgtest's null
+    runner inside the booted system (systemd as PID 1), from the source tree's debian/
+    and autopkgtest/ and the built .deb. The testbed has no network: the tests' other
+    dependencies are in the image already (autopkgtest too). lxc, Debian CI's backend,
+    was not tried here."""
+    dev_before = dev_snapshot()
+    with BootedSystem(image(suite), allow_failed=ALLOW_FAILED) as b:
+        b.boot()
+        b.copy_in(deb(), f"/root/{deb().name}")
+        for sub in ("debian", "autopkgtest"):
+            shutil.copytree(TOP / sub, b.root_view / "root/src" / sub, symlinks=True)
+        # a built tree (debian/files, as dpkg-buildpackage leaves it: the .deb is built):
+        # for an unbuilt one autopkgtest installs dpkg-dev, which this offline testbed
+        # does not have
+        (b.root_view / "root/src/debian/files").write_text(f"{deb().name} admin optional\n")
+        t = time.monotonic()
+        # the null runner claims neither isolation-container nor revert-full-system;
+        # this testbed is a container with systemd as PID 1, thrown away afterwards
+        run = b.run("cd /root && autopkgtest"
+                    " --ignore-restrictions=breaks-testbed,isolation-container"
+                    " --test-name=booted --test-name=system --output-dir /root/out"
+                    f" ./{deb().name} /root/src/ -- null 2>&1", check=False, timeout=1200)
+        seconds = time.monotonic() - t
+        summary = b.run("cat /root/out/summary 2>&1", check=False).stdout
+        REPORT_DIR.mkdir(parents=True, exist_ok=True)
+        (REPORT_DIR / f"{suite}-autopkgtest.txt").write_text(
+            f"suite {suite}: autopkgtest (null runner, booted testbed) exit"
+            f" {run.returncode} in {seconds:.0f} s:\n{summary}")
+        results = dict(line.split()[:2] for line in summary.splitlines()
+                       if len(line.split()) >= 2)
+        assert results == {"booted": "PASS", "system": "PASS"}, run.stdout[-4000:]
+        assert run.returncode == 0, run.stdout[-4000:]
     assert b.leftovers() == []
     assert dev_snapshot() == dev_before
 
