@@ -38,9 +38,9 @@ waits for nspawn to end (it exits 133 on a reboot) and boots the same overlay ag
 Teardown (``stop()``, ``__exit__``, also on exceptions and KeyboardInterrupt, idempotent):
 SIGTERM to nspawn (nspawn then asks the container's systemd to power off), SIGKILL to
 nspawn and the container's PID 1 after ``STOP_WAIT`` s (killing a pid namespace's init
-kills every process in it), wait until every process of the container's pid namespace is
-gone, then remove the system's cgroups and the scratch directory. (nspawn with
-``--keep-unit`` makes its ``payload`` and ``supervisor`` cgroups next to itself, in the
+kills every process in it, and the init's exit waits for them), wait until the init (by
+pid and start time) is gone, then remove the system's cgroups and the scratch directory.
+(nspawn with ``--keep-unit`` makes its ``payload`` and ``supervisor`` cgroups next to itself, in the
 host's ``name=systemd`` v1 hierarchy and in ``unified``; so the boot script first moves
 itself into ``vdboot-...`` cgroups of its own, removed at the end.) The overlay mount
 lives only in the mount namespaces of nspawn and the container: the kernel drops it with
@@ -48,8 +48,10 @@ their last process.
 Safety nets: a ``weakref.finalize`` (interpreter exit), and at every start a sweep of
 ``vdboot-<pid>-*`` scratch directories whose owner pid is dead (a SIGKILLed pytest): it
 SIGKILLs only the nspawn and init processes recorded there whose pid AND start time still
-match, never by pid namespace (a freed namespace's inode number is reused: seen here, a
-later namespace of another process had the inode of a finished boot's).
+match. Processes are never looked up by pid namespace: a freed namespace's inode number
+can be reused by a later namespace (a first version did so; once, right after a clean
+stop, it found 4 processes under a finished boot's pid namespace inode, none of them the
+container's a moment later).
 ``leftovers()`` lists what is still there (processes, scratch, mounts naming it).
 
 Measured on this machine kind (2 cores, Debian 12 host, nspawn 252), see the note of
@@ -124,22 +126,6 @@ def _nspid(pid: int) -> list[int]:
     return []
 
 
-def _pidns(pid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{pid}/ns/pid")
-    except OSError:
-        return None
-
-
-def pids_in_pidns(ns: str) -> list[int]:
-    """Live host pids whose pid namespace is NS (``pid:[inode]``)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and _pidns(int(entry.name)) == ns and not _gone(int(entry.name)):
-            found.append(int(entry.name))
-    return found
-
-
 def starttime(pid: int) -> str | None:
     """PID's start time (clock ticks after boot), which tells a reused pid apart."""
     try:
@@ -165,11 +151,10 @@ class _State:
     scratch: Path
     nspawn: subprocess.Popen[bytes] | None = None
     pid1: int | None = None
-    pidns: str | None = None
+    pid1_start: str | None = None
     # (pid, start time) of every boot's nspawn and container init, for leftovers(); a
     # pid namespace's inode is reused once it is freed, so it is no lasting identity
     inits: list[tuple[int, str]] = field(default_factory=list)
-    unconfirmed: list[str] = field(default_factory=list)  # pid namespaces not seen empty
     notes: list[str] = field(default_factory=list)
 
 
@@ -185,17 +170,19 @@ def _halt(state: _State, wait: float = STOP_WAIT) -> None:
             _kill(state.pid1, signal.SIGKILL)
             proc.kill()
             proc.wait(timeout=30)
-    if state.pidns is not None:
+    # the container's init: when it is gone, so is every process of its pid namespace
+    # (the kernel kills them and init's exit waits for them); never enumerate the
+    # namespace by its inode, which a later namespace may reuse
+    if state.pid1 is not None and state.pid1_start is not None:
         deadline = time.monotonic() + 30
-        while (left := pids_in_pidns(state.pidns)) and time.monotonic() < deadline:
-            for pid in left:
-                _kill(pid, signal.SIGKILL)
+        while _alive(state.pid1, state.pid1_start) and time.monotonic() < deadline:
+            _kill(state.pid1, signal.SIGKILL)
             time.sleep(0.2)
-        if not left and state.pidns in state.unconfirmed:
-            state.unconfirmed.remove(state.pidns)
-    state.pidns = None
+        if _alive(state.pid1, state.pid1_start):
+            state.notes.append(f"container init {state.pid1} survived SIGKILL for 30 s")
     state.nspawn = None
     state.pid1 = None
+    state.pid1_start = None
 
 
 def cgroup_dirs(name: str) -> list[Path]:
@@ -348,9 +335,7 @@ class BootedSystem:
                 ns = _nspid(pid)
                 if len(ns) == 2 and ns[1] == 1:
                     self._state.pid1 = pid
-                    self._state.pidns = _pidns(pid)
-                    if self._state.pidns:
-                        self._state.unconfirmed.append(self._state.pidns)
+                    self._state.pid1_start = starttime(pid)
                     self._remember(pid)
                     return
                 todo += _children(pid)
@@ -479,9 +464,6 @@ class BootedSystem:
         left = []
         left += [f"process {pid} (nspawn or a container's init)"
                  for pid, start in self._state.inits if _alive(pid, start)]
-        for ns in self._state.unconfirmed:
-            left += [f"process {p} in the container's pid namespace {ns}"
-                     for p in pids_in_pidns(ns)]
         if self._state.nspawn is not None and self._state.nspawn.poll() is None:
             left.append(f"systemd-nspawn {self._state.nspawn.pid}")
         for entry in Path("/proc").iterdir():
