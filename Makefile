@@ -45,11 +45,13 @@ test: lint unit
 # Everything, in this order: lint and types; the package (built once) and the images;
 # for each of SUITES (bookworm trixie sid, mk/suites.mk) pytest (unit and integration)
 # inside that suite's chroot, its lintian, autopkgtest and piuparts (the chroots let the
-# apt tests run real apt with the built package); the Ansible collection and the fleet
+# apt tests run real apt with the built package); the booted story on each suite
+# (mk/booted.mk: systemd as PID 1 in systemd-nspawn); the Ansible collection and the fleet
 # (mk/fleet.mk); the 12 -> 13 upgrade.  Every step runs under mk/host-guard.sh, which
 # fails the check if the host's /dev, users and groups, mounts, network namespaces or
 # detached processes are not as they were before it.  `make unit` runs pytest on the host.
-CHECK_STEPS := lint package image safety-image demo-image suites ansible-check fleet upgrade-test
+CHECK_STEPS := lint package image safety-image demo-image suites booted ansible-check fleet \
+	upgrade-test
 check:
 	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; \
 	rc=0; $(MAKE) --no-print-directory $(CHECK_STEPS) || rc=$$?; \

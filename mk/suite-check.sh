@@ -68,8 +68,22 @@ step pytest in_chroot env VIRTDEB_IMAGE_DIR=/src/.cache/$SUITE-minbase VIRTDEB_C
 step lintian in_chroot sh -c 'lintian --version && lintian --fail-on error,warning --info \
     --display-info .build/lint/virtdeb_*.dsc .build/virtdeb_*_all.deb'
 
+# autopkgtest exits 2 when a test was skipped. The unshare runner is no booted testbed
+# (no isolation-container): it skips the booted test, which make booted runs on one
+# (mk/booted.mk). Exit 2 counts as a pass only when that is the one test not PASSing.
+autopkgtest_unshare() {
+    autopkgtest "$@"
+    _r=$?
+    _summary="$TOP/.build/autopkgtest-$SUITE/summary"
+    if [ $_r -eq 2 ] && [ -s "$_summary" ] \
+            && ! grep -Ev '^booted +SKIP |^[a-z0-9_-]+ +PASS' "$_summary" >/dev/null; then
+        echo "autopkgtest: only the booted test was skipped (no booted testbed): exit 0"
+        return 0
+    fi
+    return $_r
+}
 rm -rf "$TOP/.build/autopkgtest-$SUITE"
-step autopkgtest autopkgtest --output-dir "$TOP/.build/autopkgtest-$SUITE" \
+step autopkgtest autopkgtest_unshare --output-dir "$TOP/.build/autopkgtest-$SUITE" \
     --setup-commands='apt-get update' \
     "$TOP/.build/$DEB" "$TOP/.build/autopkgtest-src/virtdeb/" \
     -- unshare --release "$SUITE" --tarball "$TOP/.cache/$SUITE-minbase.tar"

@@ -21,6 +21,8 @@ ENV = "VIRTDEB_COUNT_SKIPS"
 EXPECTED: list[tuple[str, str, str]] = [
     ("tests/test_fleet.py", r"", "the fleet runs on the host (make fleet), where a skip is"
      " a failure; a suite's chroot has no ansible and no fleet images"),
+    ("tests/test_booted.py", r"runs under `make booted`", "the booted story boots systemd in"
+     " systemd-nspawn on the host (make booted), where a skip is a failure"),
     ("tests/test_network.py::test_firewall_backend_through_libvirts_lens", r"libvirt < 10\.4",
      "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
     ("tests/test_guestnet.py::test_network_conf_backend_and_bad_values", r"libvirt < 10\.4",
