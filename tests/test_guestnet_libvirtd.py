@@ -239,6 +239,12 @@ def test_native_nftables_drop(libvirtd: PrivateLibvirtd, datapath: Wiring) -> No
         libvirtd.run_in_ns(["nft", "delete", "table", "inet", "vdfw"], check=False)
 
 
+def set_forwarding(libvirtd: PrivateLibvirtd, value: int) -> None:
+    """net.ipv4.ip_forward of the daemon's network namespace (what ``sysctl -w`` writes;
+    procps is not in every root the tests run in)."""
+    libvirtd.run_in_ns(["sh", "-c", f"echo {value} > /proc/sys/net/ipv4/ip_forward"])
+
+
 def test_forwarding_off_and_a_route_into_the_subnet(libvirtd: PrivateLibvirtd,
                                                     datapath: Wiring) -> None:
     """ip_forward = 0 in the netns cuts the guest and doctor says so; a route into the
@@ -246,7 +252,7 @@ def test_forwarding_off_and_a_route_into_the_subnet(libvirtd: PrivateLibvirtd,
     doctor names it."""
     host = host_of(libvirtd)
     assert datapath.connect() == "upstream"
-    libvirtd.run_in_ns(["sysctl", "-qw", "net.ipv4.ip_forward=0"])
+    set_forwarding(libvirtd, 0)
     try:
         assert datapath.connect(timeout=2).startswith("TimeoutError")
         [fail] = fails(GuestNet(host).check())
@@ -254,7 +260,7 @@ def test_forwarding_off_and_a_route_into_the_subnet(libvirtd: PrivateLibvirtd,
                                        " network 'default' is active")
         print(f"\n{fail.message}\n  hint: {fail.hint}")
     finally:
-        libvirtd.run_in_ns(["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        set_forwarding(libvirtd, 1)
     assert datapath.connect() == "upstream"
     guest = ipaddress.IPv4Network(f"{datapath.guest_addr}/25", strict=False)
     dev = libvirtd.add_route(str(guest))
