@@ -20,7 +20,6 @@ at most 2x, since the hosts are asked in parallel).  Run as root.
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import tempfile
 from pathlib import Path
@@ -66,12 +65,8 @@ def domain(name: str, cpu: str) -> str:
 def start(n: int) -> PrivateLibvirtd:
     # one core at start: libvirt's qemu capabilities cache holds CPUID, which differs per
     # core on this VM (a mismatch costs a 4 s re-probe per daemon, not what a host pays)
-    mask = os.sched_getaffinity(0)
-    os.sched_setaffinity(0, {min(mask)})
-    try:
+    with cpucaps.one_core():
         daemon = PrivateLibvirtd().start()
-    finally:
-        os.sched_setaffinity(0, mask)
     conn = daemon.connect()
     try:
         # from what libvirt reports, never this machine's model or features by name

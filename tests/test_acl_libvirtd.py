@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, _is_zombie_or_gone
+from tests.harness.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, is_gone
 from tests.harness.libvirtd import skip_reason as libvirtd_skip_reason
 from tests.harness.polkit import Polkit, private_polkit
 from tests.harness.polkit import skip_reason as polkit_skip_reason
@@ -202,6 +202,6 @@ def test_libvirtd_obeys_virtdeb_grants(tmp_path: Path) -> None:
         assert s.as_user("daemon", [("undefine", "web1")]) == (OK, [(OK, 0)])
         assert sorted(d.name() for d in conn.listAllDomains()) == ["web2"]
         conn.close()
-    left = [p for p in pids if not _is_zombie_or_gone(p)]
+    left = [p for p in pids if not is_gone(p)]
     assert not left, f"still running after teardown: {left}"
     assert host_state() == host_before

@@ -68,7 +68,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.booted import BootedError, BootedSystem, _gone, cgroup_dirs
+from tests.harness.booted import BootedError, BootedSystem, cgroup_dirs
+from tests.harness.libvirtd import is_gone
 
 TOP = Path(__file__).resolve().parents[1]
 SUITES_ENV = os.environ.get("VIRTDEB_BOOTED_SUITES")
@@ -298,14 +299,14 @@ class TestHarness:
             owner.kill()
             owner.wait()
         inits = [line.split() for line in (scratch / "inits").read_text().splitlines()]
-        assert any(not _gone(int(pid)) for pid, _start in inits)  # the system still runs
+        assert any(not is_gone(int(pid)) for pid, _start in inits)  # the system still runs
         b = BootedSystem(img)
         try:
             assert str(scratch) in b.swept
         finally:
             b.stop()
         assert not scratch.exists()
-        assert all(_gone(int(pid)) for pid, _start in inits)
+        assert all(is_gone(int(pid)) for pid, _start in inits)
         assert not any(d.exists() for d in cgroup_dirs(scratch.name))
 
 

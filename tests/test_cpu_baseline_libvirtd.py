@@ -51,15 +51,6 @@ def domain_xml(name: str, cpu: str) -> str:
             f"<os><type arch='x86_64' machine='pc'>hvm</type></os>{cpu}</domain>")
 
 
-def host_model_cpu(conn: Any, extra: list[str] = ()) -> str:  # type: ignore[assignment]
-    """The host-model written out as a custom CPU, plus required ``extra`` features."""
-    return cpucaps.host_model_cpu(conn, extra)
-
-
-def host_features(conn: Any) -> set[str]:
-    return cpucaps.expanded_features(conn)
-
-
 class Host:
     """A private libvirtd behind a stable socket path (the URI survives a restart)."""
 
@@ -69,15 +60,8 @@ class Host:
         self.daemon: PrivateLibvirtd | None = None
 
     def start(self, caps_cache: str | None = None) -> None:
-        # libvirt keeps the host's CPUID in its qemu capabilities cache and probes qemu
-        # again (seconds) when it differs; on this VM leaf 0x1f differs per core, so
-        # every daemon starts on one core (it inherits the mask; ours is restored)
-        mask = os.sched_getaffinity(0)
-        os.sched_setaffinity(0, {min(mask)})
-        try:
+        with cpucaps.one_core():  # the qemu capabilities cache holds a per-core CPUID
             self.daemon = PrivateLibvirtd(caps_cache=caps_cache).start()
-        finally:
-            os.sched_setaffinity(0, mask)
         with contextlib.suppress(FileNotFoundError):
             self.link.unlink()
         self.link.symlink_to(self.daemon.socket)
@@ -137,8 +121,8 @@ def test_three_hosts_baseline_matrix_and_a_host_that_never_answers(
     a, b, c = hosts
     conn = a.connect()
     lacking = cpucaps.lacking(conn)
-    conn.defineXML(domain_xml("fits", host_model_cpu(conn)))
-    conn.defineXML(domain_xml("needs-more", host_model_cpu(conn, lacking)))
+    conn.defineXML(domain_xml("fits", cpucaps.host_model_cpu(conn)))
+    conn.defineXML(domain_xml("needs-more", cpucaps.host_model_cpu(conn, lacking)))
     conn.close()
     conn = b.connect()
     conn.defineXML(domain_xml("adapts", "<cpu mode='host-model'/>"))
@@ -224,14 +208,14 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
         hosts: list[Host], tmp_path: Path) -> None:
     a, b, c = hosts
     conn = a.connect()
-    have = host_features(conn)
+    have = cpucaps.expanded_features(conn)
     cache = (a.daemon.scratch / CAPS_SUBDIR) if a.daemon else None
     probed = "".join(p.read_text() for p in cache.glob("*.xml")) if cache else ""
     # two features this host has and libvirt probed from qemu (the first by name)
     lose = sorted(f for f in have & cpucaps.known_features()
                   if f"<property name='{f}' type='boolean' value='true'" in probed)[:2]
     assert len(lose) == 2, f"no two features to take away: {sorted(have)}"
-    conn.defineXML(domain_xml("pinned", host_model_cpu(conn)))  # needs every feature of A
+    conn.defineXML(domain_xml("pinned", cpucaps.host_model_cpu(conn)))  # needs every feature of A
     conn.defineXML(domain_xml("small", "<cpu mode='custom' match='exact'>"
                               "<model>pentium2</model></cpu>"))
     conn.close()
@@ -250,7 +234,8 @@ def test_save_then_a_host_that_lost_features_reports_the_drift(
     b.stop()
     b.start(caps_cache=edited)
     conn = b.connect()
-    assert not set(lose) & host_features(conn), "libvirt probed qemu instead of the edited cache"
+    assert not set(lose) & cpucaps.expanded_features(conn), \
+        "libvirt probed qemu instead of the edited cache"
     conn.close()
     proc = run(tmp_path, a.uri, b.uri, c.uri)
     show(proc)
@@ -326,7 +311,7 @@ def test_a_host_that_goes_away_between_the_rounds_is_not_a_cannot_move(
         hosts: list[Host]) -> None:
     a, _b, c = hosts
     conn = a.connect()
-    conn.defineXML(domain_xml("fits", host_model_cpu(conn)))
+    conn.defineXML(domain_xml("fits", cpucaps.host_model_cpu(conn)))
     conn.close()
 
     class StopsC(fh.LibvirtHost):

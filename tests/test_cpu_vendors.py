@@ -23,12 +23,13 @@ from typing import Any
 import pytest
 
 from tests.harness import cpucaps
-from tests.harness.libvirtd import PATH, PrivateLibvirtd
+from tests.harness.libvirtd import PATH, PrivateLibvirtd, reset_libvirt
 
 libvirt = pytest.importorskip("libvirt")
 
 TOP = Path(__file__).resolve().parents[1]
 FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+EMULATOR = "/usr/bin/qemu-system-x86_64"
 PROFILES = [p for p in cpucaps.selected(cpucaps.ALL) if p != cpucaps.HOST]
 
 
@@ -77,13 +78,8 @@ def connection(daemon: PrivateLibvirtd) -> Iterator[Any]:
     try:
         yield conn
     finally:
-        _undefine_all(conn)
+        reset_libvirt(conn)
         conn.close()
-
-
-def _undefine_all(conn: Any) -> None:
-    for dom in conn.listAllDomains():
-        dom.undefine()
 
 
 def virtdeb(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -95,9 +91,6 @@ def virtdeb(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
 def compare(conn: Any, cpu_xml: str) -> int:
     return int(conn.compareHypervisorCPU(EMULATOR, "x86_64", None, "kvm", cpu_xml,
                                          libvirt.VIR_CONNECT_COMPARE_CPU_FAIL_INCOMPATIBLE))
-
-
-EMULATOR = "/usr/bin/qemu-system-x86_64"
 
 
 @pytest.mark.parametrize("cpu", PROFILES)

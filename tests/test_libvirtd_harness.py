@@ -14,7 +14,7 @@ from tests.harness.libvirtd import (
     PATH,
     PrivateLibvirtd,
     PrivateLibvirtdError,
-    _is_zombie_or_gone,
+    is_gone,
     netns_pids,
     shutdown_begun,
     skip_reason,
@@ -46,7 +46,7 @@ def needs_daemon() -> None:
 
 def _assert_gone(netns: str, scratch: Path, pids: list[int]) -> None:
     assert pids, "expected some processes to check"
-    assert [p for p in pids if not _is_zombie_or_gone(p)] == []
+    assert [p for p in pids if not is_gone(p)] == []
     assert netns not in sh("ip", "netns", "list").stdout
     assert not Path("/run/netns", netns).exists()
     assert not scratch.exists()

@@ -75,6 +75,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.harness.libvirtd import is_gone
+
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdboot-"
 _NAME_RE = re.compile(r"^vdboot-(\d+)-[0-9a-f]+$")
@@ -98,15 +100,6 @@ def _tail(path: Path, lines: int = 30) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
-
-
-def _gone(pid: int) -> bool:
-    """Whether PID no longer runs (absent, or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
 
 
 def _children(pid: int) -> list[int]:
@@ -136,7 +129,7 @@ def starttime(pid: int) -> str | None:
 
 
 def _alive(pid: int, start: str) -> bool:
-    return not _gone(pid) and starttime(pid) == start
+    return not is_gone(pid) and starttime(pid) == start
 
 
 def _kill(pid: int | None, sig: int) -> None:
@@ -225,7 +218,7 @@ def sweep(tmp: Path) -> list[str]:
     with contextlib.suppress(OSError):
         for entry in tmp.iterdir():
             m = _NAME_RE.match(entry.name)
-            if not m or not _gone(int(m.group(1))):
+            if not m or not is_gone(int(m.group(1))):
                 continue
             with contextlib.suppress(OSError, ValueError, IndexError):
                 # only processes that are provably ours: pid and start time as recorded

@@ -183,7 +183,8 @@ def netns_pids(netns: str) -> list[int]:
     return [int(p) for p in proc.stdout.split() if p.isdigit()]
 
 
-def _is_zombie_or_gone(pid: int) -> bool:
+def is_gone(pid: int) -> bool:
+    """Whether PID no longer runs (absent, or a zombie)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
@@ -201,7 +202,7 @@ def _is_zombie(pid: int) -> bool:
 
 
 def _live_pids(netns: str) -> list[int]:
-    return [p for p in netns_pids(netns) if not _is_zombie_or_gone(p)]
+    return [p for p in netns_pids(netns) if not is_gone(p)]
 
 
 def _kill_netns_processes(*namespaces: str, timeout: float = 10.0,
