@@ -52,10 +52,16 @@ test: lint unit
 # detached processes are not as they were before it.  `make unit` runs pytest on the host.
 CHECK_STEPS := lint package image safety-image demo-image suites booted ansible-check fleet \
 	upgrade-test
+# Each step prints its time; the first that fails ends the run.
 check:
-	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; \
-	rc=0; $(MAKE) --no-print-directory $(CHECK_STEPS) || rc=$$?; \
-	sh mk/host-guard.sh compare "$$guard" || rc=1; rm -f "$$guard"; exit $$rc
+	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; start=$$(date +%s); rc=0; \
+	for step in $(CHECK_STEPS); do t=$$(date +%s); \
+		$(MAKE) --no-print-directory $$step || rc=$$?; \
+		echo "make check: $$step $$([ $$rc = 0 ] && echo done || echo FAILED)" \
+			"in $$(( $$(date +%s) - t )) s"; [ $$rc = 0 ] || break; done; \
+	sh mk/host-guard.sh compare "$$guard" || rc=1; rm -f "$$guard"; \
+	echo "make check: $$([ $$rc = 0 ] && echo passed || echo FAILED)" \
+		"in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"; exit $$rc
 check-full: check
 
 # The CPU tests against one CPU: CPU=host (this machine's), intel-haswell or amd-epyc

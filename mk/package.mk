@@ -88,19 +88,7 @@ lintian: package
 # start inside (policy-rc.d).  Delete .cache/ to rebuild.
 image: $(PKG_IMAGE_TAR)
 
-$(PKG_IMAGE_DIR)/etc/os-release:
-	mkdir -p $(PKG_CACHE)
-	rm -rf $(PKG_IMAGE_DIR).new
-	$(PKG_ENV) mmdebstrap --variant=minbase --mode=root \
-		$(PKG_SUITE) $(PKG_IMAGE_DIR).new "deb $(PKG_MIRROR) $(PKG_SUITE) main"
-	# after mmdebstrap: its cleanup removes any policy-rc.d a hook writes
-	printf '#!/bin/sh\n# virtdeb test image: never start services\nexit 101\n' \
-		> $(PKG_IMAGE_DIR).new/usr/sbin/policy-rc.d
-	chmod 755 $(PKG_IMAGE_DIR).new/usr/sbin/policy-rc.d
-	rm -rf $(PKG_IMAGE_DIR) && mv $(PKG_IMAGE_DIR).new $(PKG_IMAGE_DIR)
-
-$(PKG_IMAGE_TAR): $(PKG_IMAGE_DIR)/etc/os-release
-	tar -C $(PKG_IMAGE_DIR) --numeric-owner --xattrs -cf $@.new . && mv $@.new $@
+# (the rules that build it are suites.mk's, the same for every suite)
 
 # autopkgtest-virt-unshare maps root to 100000..165535: it needs these lines.
 subids:
