@@ -613,18 +613,13 @@ class TestStory:
             s.note(f"purge: the default network did not start at this boot: {why[0]}")
         else:
             s.note("purge: the default network is active again")
-        # a fact for the report: the group member's write access after the purge
+        # step f's consented access_drivers line goes with the rules file that let the
+        # libvirt group through (debian/postrm): the group member keeps write access
         w = s.b.run(f"virsh -c qemu:///system autostart {GUEST}", user=USER, check=False)
-        s.note(f"purge: {USER} (group libvirt) virsh autostart {GUEST}: rc {w.returncode},"
-               f" {_last(w.stdout)}")
         drivers = s.sh("grep '^access_drivers' /etc/libvirt/libvirtd.conf || true").strip()
-        s.note("purge: nothing named virtdeb left, no failed unit, libvirt answers;"
-               f" libvirtd.conf keeps: {drivers or 'no access_drivers line'}")
-        if w.returncode != 0 and drivers:
-            # known, not fixed here: step f's consented access_drivers edit stays, the
-            # rules file that let the group keep libvirt's API goes with the purge
-            pytest.xfail(f"after the purge {USER} (group libvirt) is denied: libvirtd.conf"
-                         f" keeps {drivers!r}, virtdeb's polkit rules are gone")
+        s.note(f"purge: {USER} (group libvirt) virsh autostart {GUEST}: rc {w.returncode},"
+               f" {_last(w.stdout)}; libvirtd.conf keeps: {drivers or 'no access_drivers line'}")
+        assert drivers == ""
         assert w.returncode == 0, w.stdout
 
 

@@ -94,6 +94,38 @@ def owned(host: Host, change: FileChange) -> list[FileChange]:
     return [change]
 
 
+PURGE_UNDO_DIR = "/var/lib/virtdeb/purge-undo"
+
+
+def purge_undo_marker(host: Host, change: FileChange) -> FileChange | None:
+    """A marker under /var/lib/virtdeb/purge-undo/PATH: purge puts one line of PATH back.
+
+    For an edit of another package's file that works only with something purge
+    removes (libvirtd's polkit access driver needs virtdeb's polkit rules). ``change``
+    must add or replace exactly one line; the marker holds the line virtdeb wrote,
+    then the line it replaced, if any.  postrm (plain sh: virtdeb's Python is gone by
+    then) puts the old line back if the new one is still there as written, and only
+    that line: the administrator's other edits of PATH stay.  Returns None for any
+    other kind of change (postrm would not know what to undo).
+    """
+    import difflib
+
+    old = [] if change.before is None else change.before.decode("utf-8", "replace").splitlines()
+    new = [] if change.after is None else change.after.decode("utf-8", "replace").splitlines()
+    ops = [op for op in difflib.SequenceMatcher(None, old, new, autojunk=False).get_opcodes()
+           if op[0] != "equal"]
+    if len(ops) != 1 or ops[0][4] - ops[0][3] != 1 or ops[0][2] - ops[0][1] > 1:
+        return None
+    tag, i1, i2, j1, _ = ops[0]
+    if tag not in ("insert", "replace"):
+        return None
+    lines = [new[j1]] + ([old[i1]] if tag == "replace" else [])
+    marker = PURGE_UNDO_DIR + change.target
+    before = fsio.read_bytes(host.path(marker), marker)
+    return FileChange(change.rule, marker, before, "".join(f"{ln}\n" for ln in lines).encode(),
+                      mode=0o644)
+
+
 def was_created(host: Host, path: str) -> bool:
     """Whether virtdeb created ``path`` (and its marker is still there)."""
     return host.path(CREATED_DIR + path).is_file()

@@ -35,7 +35,7 @@ from virtdeb.commands.options import (
     locked,
     show_and_apply,
 )
-from virtdeb.edit import Editor, owned
+from virtdeb.edit import Editor, owned, purge_undo_marker
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError, UsageError
@@ -164,7 +164,13 @@ def access_driver_changes(host: Host) -> list[Change]:
         elif "polkit" not in ed.values(f"{drivers[-1]}/*"):
             count = len(ed.match(f"{drivers[-1]}/*"))
             ed.set(f"{drivers[-1]}/{count + 1}", "polkit")
-    return list(ed.changes)
+    changes: list[Change] = []
+    for change in ed.changes:
+        # purge removes the rules file that keeps the libvirt group in: it puts the
+        # line back too (debian/postrm), the marker first as with owned()
+        marker = purge_undo_marker(host, change)
+        changes += [marker, change] if marker else [change]
+    return changes
 
 
 def polkit_driver_on(host: Host) -> bool | None:
