@@ -57,6 +57,7 @@ $(BOOTED_CACHE)/booted-%/var/lib/dpkg/info/libvirt-daemon-system.list:
 booted_pytest = cd $(BOOTED_TOP) && rm -rf .build/booted && rc=0; \
 	$(BOOTED_ENV) VIRTDEB_BOOTED_SUITES='$(1)' VIRTDEB_BOOTED_DEB=$(PKG_DEB) \
 		/usr/bin/python3 -m pytest -q -p no:cacheprovider -ra -m booted tests/test_booted.py \
+		tests/test_demo_story.py \
 		|| rc=$$?; cat .build/booted/*.txt 2>/dev/null; exit $$rc
 
 booted-%: deps package $(BOOTED_CACHE)/booted-%/var/lib/dpkg/info/libvirt-daemon-system.list

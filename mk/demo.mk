@@ -1,9 +1,12 @@
 # mk/demo.mk: `make demo`, included by the Makefile.
 #
-#   make demo             the story of README.Debian, live, in a throwaway chroot of
-#                         Debian 13 trixie (SUITE=bookworm or SUITE=sid for another)
-#                         with a real private libvirtd in its own namespaces
-#   make demo-image       the demo's chroot, cached in .cache/demo-SUITE
+#   make demo             the story of README.Debian, live, on Debian 13 trixie booted in
+#                         systemd-nspawn (SUITE=bookworm or SUITE=sid for another) over a
+#                         throwaway overlay of .cache/booted-SUITE (mk/booted.mk): systemd,
+#                         socket-activated libvirtd, and a reboot after the microcode upgrade
+#   make demo MODE=chroot the same story in a throwaway chroot of .cache/demo-SUITE, whose
+#                         own libvirtd runs in private namespaces (no init, no reboot)
+#   make demo-image       the chroot mode's image, cached in .cache/demo-SUITE
 #
 # Nothing here changes the host outside .build/, .cache/ and temporary directories,
 # except the dependency step shared with `make check` (apt-get install).
@@ -35,8 +38,16 @@ $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list:
 	rm -rf $(DEMO_IMAGE) && mv $(DEMO_IMAGE).new $(DEMO_IMAGE)
 
 # One command on a fresh machine: the dependency step of `make check`, the package,
-# the chroot, then the story (tests/demo_story.py) against the chroot's own libvirtd.
+# the image, then the story (tests/demo_story.py).
+DEMO_MODE := $(or $(MODE),booted)
+ifeq ($(DEMO_MODE),chroot)
 demo: deps package demo-image
 	@echo "virtdeb demo: Debian $(DEMO_SUITE) chroot $(DEMO_IMAGE)"
 	cd $(DEMO_TOP) && $(DEMO_ENV) PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m tests.demo_story \
 		--image $(DEMO_IMAGE) --deb $(PKG_DEB)
+else
+demo: deps package $(BOOTED_CACHE)/booted-$(DEMO_SUITE)/var/lib/dpkg/info/libvirt-daemon-system.list
+	@echo "virtdeb demo: Debian $(DEMO_SUITE) booted in systemd-nspawn, from $(BOOTED_CACHE)/booted-$(DEMO_SUITE)"
+	cd $(DEMO_TOP) && $(DEMO_ENV) PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m tests.demo_story \
+		--booted --image $(BOOTED_CACHE)/booted-$(DEMO_SUITE) --deb $(PKG_DEB)
+endif

@@ -1,11 +1,17 @@
-"""``make demo``: every section of README.Debian, live, in a throwaway chroot.
+"""``make demo``: every section of README.Debian, live, on a throwaway Debian system.
 
-The chroot is an overlay of the cached image (``make demo-image``: Debian 13 trixie by
-default, with libvirt-daemon-system and qemu), run by the test harness's private libvirtd
-in chroot mode (tests/harness/libvirtd.py): the image's own libvirtd and virtlogd in private
-network and mount namespaces, so virtdeb inside the chroot talks to a real
-qemu:///system. Every command runs inside the chroot as an administrator would type it,
-and what it prints is shown. The story, in order:
+Two ways to run it, the same story:
+
+- **booted** (``make demo``): Debian 13 trixie booted in systemd-nspawn over a throwaway
+  overlay of ``.cache/booted-trixie`` (tests/harness/booted.py): systemd as PID 1, libvirtd
+  started by its socket, polkitd, dnsmasq.service, and a real ``systemctl reboot`` after
+  the microcode upgrade, at which virtdeb-cpu-check.service names the guest;
+- **chroot** (``make demo MODE=chroot``): an overlay of ``.cache/demo-trixie`` whose own
+  libvirtd and virtlogd the test harness runs in private network and mount namespaces
+  (tests/harness/libvirtd.py, chroot mode); no init, no reboot.
+
+Every command runs inside, as an administrator would type it, and what it prints is
+shown. The story, in order:
 
 1. doctor before anything is configured;
 2. install and configure with preseeded debconf answers; doctor after;
@@ -15,17 +21,19 @@ and what it prints is shown. The story, in order:
 6. the libvirt group member, and ``virtdeb acl`` for a read-only user;
 7. a guest whose custom CPU requires hle and rtm: check, dry-run, fix, check, revert;
 8. the apt hook before an upgrade of intel-microcode with that guest defined;
-9. the diff of /etc, and ``dpkg --purge virtdeb`` removing only virtdeb's files.
+9. (booted) the reboot after the microcode upgrade: the boot unit names the guest;
+10. the diff of /etc, and ``dpkg --purge virtdeb`` removing only virtdeb's files.
 
 The guests of step 7 are never started. They are KVM guests when the machine's KVM CPU
-lacks hle and rtm, as in README.Debian; on a CPU that still has TSX (or without KVM)
-they are TCG guests (type='qemu', check='partial'), whose emulated CPU has neither.
+lacks hle and rtm, as in README.Debian; on a CPU that still has TSX, or without KVM (a
+booted container has no /dev/kvm) they are TCG guests (type='qemu', check='partial'),
+whose emulated CPU has neither.
 
 It ends with a one-screen summary and exits 0 when every step showed what it should
-(1 otherwise). Nothing is left on the host: the overlay, the mounts and every daemon go
-with the namespaces. tests/test_demo_story.py runs the same story in ``make check``.
+(1 otherwise). Nothing is left on the host: the overlay, the mounts and every process go
+with the namespaces. tests/test_demo_story.py runs both modes in ``make check``.
 
-Usage: python3 -m tests.demo_story --image DIR --deb FILE [--suite NAME]
+Usage: python3 -m tests.demo_story --image DIR --deb FILE [--booted]
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from tests.harness.booted import BootedError, BootedSystem
 from tests.harness.libvirtd import PATH, PrivateLibvirtd, PrivateLibvirtdError
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
@@ -68,8 +77,70 @@ APT = "apt-get install -y -q -o Dpkg::Use-Pty=0"
 TERSE = "2>&1 | grep -Ev '^(Get|Selecting|Preparing|Unpacking|Reading|Building|Note)'"
 
 
+MARKER = "/var/lib/virtdeb/cpu/check-after-boot"
+BOOT_UNIT = "virtdeb-cpu-check.service"
+
+
 class StoryError(Exception):
     """A step did not show what it should."""
+
+
+class Chroot:
+    """The chroot mode: the chroot's own libvirtd in private namespaces."""
+
+    booted = False
+
+    def __init__(self, daemon: PrivateLibvirtd) -> None:
+        self.d = daemon
+
+    def argv(self, cmd: str) -> list[str]:
+        env = ["env", "-i", f"PATH={PATH}", "LC_ALL=C.UTF-8", "HOME=/root", "TERM=dumb",
+               "DEBIAN_FRONTEND=noninteractive"]
+        return self.d.ns_argv([*env, "sh", "-c", cmd])
+
+    @property
+    def root_view(self) -> Path:
+        return self.d.root_view
+
+    def describe(self) -> str:
+        return ("A throwaway chroot (an overlay of the cached image) whose own libvirtd and"
+                " virtlogd run in a private network and mount namespace:")
+
+    def add_address(self, cidr: str) -> None:
+        self.d.add_address(cidr)
+
+    def reboot(self) -> float:
+        raise StoryError("a chroot does not boot")
+
+
+class Booted:
+    """The booted mode: systemd as PID 1 in systemd-nspawn."""
+
+    booted = True
+
+    def __init__(self, system: BootedSystem) -> None:
+        self.b = system
+
+    def argv(self, cmd: str) -> list[str]:
+        return self.b.argv(cmd)
+
+    @property
+    def root_view(self) -> Path:
+        return self.b.root_view
+
+    def describe(self) -> str:
+        return ("A throwaway Debian system booted in systemd-nspawn (an overlay of the cached"
+                " image; systemd as PID 1, its own network and /dev):")
+
+    def add_address(self, cidr: str) -> None:
+        self.b.run(f"ip link add vdA type veth peer name vdB && ip addr add {cidr} dev vdA"
+                   " && ip link set vdB up && ip link set vdA up")
+
+    def reboot(self) -> float:
+        return self.b.reboot()
+
+
+System = Chroot | Booted
 
 
 @dataclass
@@ -83,8 +154,8 @@ class Step:
 
 
 class Story:
-    def __init__(self, daemon: PrivateLibvirtd, deb: Path, out: TextIO) -> None:
-        self.d = daemon
+    def __init__(self, system: System, deb: Path, out: TextIO) -> None:
+        self.sys = system
         self.deb = deb
         self.out = out
         self.steps: list[Step] = []
@@ -103,10 +174,8 @@ class Story:
 
     def sh(self, cmd: str, *, ok: Sequence[int] = (0,), show: bool = True,
            input: str | None = None) -> str:  # noqa: A002
-        """Run CMD (sh -c) inside the chroot as root, print it and its output."""
-        env = ["env", "-i", f"PATH={PATH}", "LC_ALL=C.UTF-8", "HOME=/root", "TERM=dumb",
-               "DEBIAN_FRONTEND=noninteractive"]
-        argv = self.d.ns_argv([*env, "sh", "-c", f"cd /root && {cmd}"])
+        """Run CMD (sh -c) inside as root, print it and its output."""
+        argv = self.sys.argv(f"cd /root && {cmd}")
         proc = subprocess.run(argv, input=input, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True, timeout=600, check=False)
         if show:
@@ -124,8 +193,8 @@ class Story:
         return proc.stdout
 
     def write(self, abspath: str, text: str) -> None:
-        """Put a file into the chroot (through the daemon's view of its root)."""
-        target = self.d.root_view / abspath.lstrip("/")
+        """Put a file into the system (through the host's view of its root)."""
+        target = self.sys.root_view / abspath.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
 
@@ -145,6 +214,8 @@ class Story:
             ("access", "libvirt group member, virtdeb acl read-only", self.step_access),
             ("cpu", "hle/rtm guest: check, dry run, fix, revert", self.step_cpu),
             ("apt hook", "intel-microcode upgrade with a fragile guest", self.step_apt_hook),
+            *([("reboot", "boot after the microcode upgrade: the boot check", self.step_reboot)]
+              if self.sys.booted else []),
             ("/etc and purge", "diff of /etc, dpkg --purge virtdeb", self.step_purge),
         ]
         self.setup()
@@ -156,7 +227,8 @@ class Story:
             try:
                 func()
                 step.status = "PASS"
-            except (StoryError, PrivateLibvirtdError, subprocess.TimeoutExpired) as exc:
+            except (StoryError, PrivateLibvirtdError, BootedError,
+                    subprocess.TimeoutExpired) as exc:
                 step.status = "FAIL"
                 step.why = str(exc)
                 self.say(f"!!! step {i} ({section}) failed: {exc}")
@@ -171,18 +243,17 @@ class Story:
                            " qemu-system-x86 python3-augeas", show=False).split("\n")
         self.facts["release"] = release
         self.heading(f"virtdeb demo on {release}")
-        self.say("A throwaway chroot (an overlay of the cached image) whose own libvirtd and"
-                 " virtlogd run in a private network and mount namespace:")
+        self.say(self.sys.describe())
         for line in versions:
             if line.strip():
                 self.say(f"  {line}")
-        self.d.add_address(HOST_ADDRESS)
-        self.say(f"On a link of the namespace the host already has {HOST_ADDRESS}:")
+        self.sys.add_address(HOST_ADDRESS)
+        self.say(f"On a link of its own the host already has {HOST_ADDRESS}:")
         self.sh("ip -brief address show vdA")
         self.sh(f"useradd --create-home {GROUP_USER} && useradd --no-create-home"
                 f" {READ_ONLY_USER}", show=False)
         self.sh("rm -rf /root/etc.before && cp -a /etc /root/etc.before", show=False)
-        (self.d.root_view / "tmp/virtdeb.deb").write_bytes(self.deb.read_bytes())
+        (self.sys.root_view / "tmp/virtdeb.deb").write_bytes(self.deb.read_bytes())
 
     # ------------------------------------------------------------------- steps
     def step_doctor_before(self) -> None:
@@ -261,11 +332,10 @@ class Story:
                 f"  <devices><emulator>{EMULATOR}</emulator></devices>\n</domain>\n")
 
     def _host_model(self, virttype: str) -> ET.Element:
-        conn = self.d.connect()
-        try:
-            caps = conn.getDomainCapabilities(EMULATOR, "x86_64", None, virttype, 0)
-        finally:
-            conn.close()
+        caps = self.sh(f"virsh domcapabilities --virttype {virttype} --emulatorbin {EMULATOR}"
+                       " --arch x86_64 2>&1", show=False, ok=(0, 1))
+        if not caps.lstrip().startswith("<"):
+            raise StoryError(f"no {virttype} domain capabilities: {caps.strip()}")
         mode = ET.fromstring(caps).find("cpu/mode[@name='host-model']")  # noqa: S314
         self.expect(mode is not None, f"no host-model CPU in the {virttype} capabilities")
         assert mode is not None
@@ -273,12 +343,11 @@ class Story:
 
     def _pick_virttype(self) -> str:
         """kvm when KVM's CPU lacks hle and rtm (the README's story); else TCG (qemu)."""
-        import libvirt  # noqa: PLC0415 - the harness made sure it is there
-
         try:
             mode = self._host_model("kvm")
-        except libvirt.libvirtError as exc:
-            self.say(f"# No KVM here ({exc.get_error_message()}): the guests are TCG guests"
+        except StoryError as exc:
+            why = str(exc).split(": ", 1)[-1].splitlines()[0]
+            self.say(f"# No KVM here ({why}): the guests are TCG guests"
                      " (type='qemu'), whose emulated CPU has neither hle nor rtm.")
             return "qemu"
         offered = {f.get("name") for f in mode.findall("feature")
@@ -361,6 +430,20 @@ class Story:
         self.expect("virtdeb" in out and GUEST in out and "intel-microcode" in out,
                     f"apt showed no virtdeb warning naming {GUEST}")
 
+    def step_reboot(self) -> None:
+        self.sh(f"test -e {MARKER} && echo 'the microcode changed: {MARKER} is there'")
+        self.say("# systemctl reboot")
+        seconds = self.sys.reboot()
+        self.say(f"(the system is up again in {seconds:.0f} s)")
+        out = self.sh(f"journalctl -b --no-pager -q -o cat -u {BOOT_UNIT}")
+        self.expect(GUEST in out and "hle" in out and "rtm" in out,
+                    f"{BOOT_UNIT} did not name {GUEST}, hle and rtm at this boot")
+        state = self.sh(f"systemctl show -p Result -p ExecMainStatus {BOOT_UNIT}")
+        self.expect("Result=success" in state, f"{BOOT_UNIT} did not succeed")
+        self.sh(f"test ! -e {MARKER} && echo '{MARKER}: gone (checked once)'")
+        self.sh("systemctl --failed --no-legend --plain | grep . || echo 'no failed unit'")
+        self.facts["reboot"] = f"{BOOT_UNIT} named {GUEST} and hle, rtm; no failed unit"
+
     def step_purge(self) -> None:
         self.say("# what the whole story changed in /etc (files):")
         self.sh("diff -rq --no-dereference /root/etc.before /etc"
@@ -402,7 +485,7 @@ class Story:
 
 
 def host_leftovers(daemon: PrivateLibvirtd, image: Path) -> list[str]:
-    """Namespaces, mounts, processes or files of the demo still on the host."""
+    """Namespaces, mounts, processes or files of the chroot demo still on the host."""
     left = []
     if Path("/run/netns", daemon.netns).exists():
         left.append(f"network namespace {daemon.netns}")
@@ -415,44 +498,71 @@ def host_leftovers(daemon: PrivateLibvirtd, image: Path) -> list[str]:
     return left
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="demo_story", description=__doc__.split("\n")[0])
-    ap.add_argument("--image", required=True, type=Path, help="the demo chroot (make demo-image)")
-    ap.add_argument("--deb", required=True, type=Path, help="virtdeb's .deb")
-    args = ap.parse_args(argv)
-    for path in (args.image / "usr/sbin/libvirtd", args.deb):
-        if not path.exists():
-            sys.stderr.write(f"demo: {path} missing: run `make demo-image package` first\n")
-            return 2
-    t0 = time.monotonic()
-    daemon = PrivateLibvirtd(root=args.image, overlay=True, start_timeout=120)
+def run_chroot(image: Path, deb: Path) -> tuple[Story | None, list[str], list[str]]:
+    """The story in chroot mode: (story, teardown notes, what was left on the host)."""
+    daemon = PrivateLibvirtd(root=image, overlay=True, start_timeout=120)
     try:
         daemon.start()
     except PrivateLibvirtdError as exc:
         first = str(exc).splitlines()[0]
-        sys.stderr.write(f"demo: cannot start the chroot's libvirtd in private namespaces:"
-                         f" {first}\n")
-        return 1
-    teardown = ""
+        return None, [f"cannot start the chroot's libvirtd in private namespaces: {first}"], []
+    notes = []
     try:
-        story = Story(daemon, args.deb, sys.stdout)
-        ok = story.run()
+        story = Story(Chroot(daemon), deb, sys.stdout)
+        story.run()
     finally:
         try:
             daemon.stop()
         except PrivateLibvirtdError as exc:  # it still tore everything down it could
-            teardown = str(exc).splitlines()[0]
-    seconds = time.monotonic() - t0
-    left = host_leftovers(daemon, args.image)
-    for note in [teardown, *daemon.teardown_notes]:
+            notes.append(str(exc).splitlines()[0])
+    return story, notes + daemon.teardown_notes, host_leftovers(daemon, image)
+
+
+def run_booted(image: Path, deb: Path) -> tuple[Story | None, list[str], list[str]]:
+    """The story in booted mode: (story, notes, what was left on the host)."""
+    system = BootedSystem(image)
+    try:
+        try:
+            seconds = system.boot()
+        except BootedError as exc:
+            return None, [f"the system did not boot: {str(exc).splitlines()[0]}"], []
+        print(f"demo: booted in {seconds:.0f} s")
+        story = Story(Booted(system), deb, sys.stdout)
+        story.run()
+    finally:
+        notes = []
+        try:
+            system.stop()
+        except BootedError as exc:
+            notes.append(str(exc).splitlines()[0])
+    return story, notes + system.notes, system.leftovers()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="demo_story", description=__doc__.split("\n")[0])
+    ap.add_argument("--image", required=True, type=Path,
+                    help="the booted image (make booted-images) or the chroot (make demo-image)")
+    ap.add_argument("--deb", required=True, type=Path, help="virtdeb's .deb")
+    ap.add_argument("--booted", action="store_true", help="boot the image (systemd-nspawn)")
+    args = ap.parse_args(argv)
+    for path in (args.image / "usr/sbin/libvirtd", args.deb):
+        if not path.exists():
+            what = "booted-images" if args.booted else "demo-image"
+            sys.stderr.write(f"demo: {path} missing: run `make {what} package` first\n")
+            return 2
+    t0 = time.monotonic()
+    run = run_booted if args.booted else run_chroot
+    story, notes, left = run(args.image, args.deb)
+    for note in notes:
         if note:
             print(f"demo: {note}")
-    print("\n" + story.summary(seconds))
+    if story is None:
+        return 1
+    print("\n" + story.summary(time.monotonic() - t0))
     print("host: " + ("; ".join(left) + " LEFT BEHIND" if left else
-                      "every daemon stopped, namespaces and mounts gone, the image unchanged"))
-    return 0 if ok and not left else 1
+                      "every process stopped, namespaces and mounts gone, the image unchanged"))
+    return 0 if all(s.status == "PASS" for s in story.steps) and not left else 1
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -23,6 +23,9 @@ EXPECTED: list[tuple[str, str, str]] = [
      " a failure; a suite's chroot has no ansible and no fleet images"),
     ("tests/test_booted.py", r"runs under `make booted`", "the booted story boots systemd in"
      " systemd-nspawn on the host (make booted), where a skip is a failure"),
+    ("tests/test_demo_story.py::test_the_booted_demo_reboots_and_the_boot_check_names_the_guest",
+     r"runs under `make booted`", "the booted demo boots trixie in systemd-nspawn on the"
+     " host (make booted), where a missing image is a failure"),
     ("tests/test_network.py::test_firewall_backend_through_libvirts_lens", r"libvirt < 10\.4",
      "bookworm's libvirt 9.0 has no network.conf and no Libvirtd_network lens"),
     ("tests/test_guestnet.py::test_network_conf_backend_and_bad_values", r"libvirt < 10\.4",
