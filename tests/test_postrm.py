@@ -96,6 +96,7 @@ def test_purge_removes_only_files_virtdeb_created(tmp_path: Path, grant_first: b
     if grant_first:
         assert main(["acl", "grant", "daemon", "--read-only", "--root", str(root)]) == 0
         assert (root / RULES_FILE.lstrip("/")).is_file()
-    purge(root)
+    res = purge(root)
     assert mine.read_text() == "# the administrator's\n"
+    assert ("virtdeb: removed /etc/polkit-1" in res.stdout) == grant_first
     assert not (root / RULES_FILE.lstrip("/")).exists()
