@@ -27,10 +27,11 @@ from typing import Any
 
 import pytest
 
-from tests.harness.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, is_gone
+from tests.harness.libvirtd import PrivateLibvirtd, _daemon_or_skip
 from tests.harness.libvirtd import skip_reason as libvirtd_skip_reason
 from tests.harness.polkit import Polkit, private_polkit
 from tests.harness.polkit import skip_reason as polkit_skip_reason
+from tests.harness.procs import PATH, is_gone
 from virtdeb.cli import main
 from virtdeb.commands.acl import LIBVIRTD_CONF, RULES_FILE, polkit_driver_on
 from virtdeb.host import Host

@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from tests.harness import cpucaps
-from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd, skip_reason
+from tests.harness.procs import PATH
 from virtdeb import lock
 from virtdeb.cpu import baseline as b
 from virtdeb.cpu import domcaps as dc

@@ -103,6 +103,8 @@ nothing is ever mounted in the host's namespace.
   probes its qemu first (about 3.5 s, much longer on a loaded machine) and does not act
   on SIGTERM before that probe is done: start() waits for it (getCapabilities).
 
+The pids, namespaces and sweeps are tests/harness/procs.py's.
+
 Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
 - ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
@@ -137,7 +139,9 @@ from typing import Any
 
 import pytest
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+from tests.harness import procs
+from tests.harness.procs import PATH, clean_env, netns_pids
+
 NETNS_PREFIX = "vdtest-"
 _NAME_RE = re.compile(r"^vdtest-(\d+)-[0-9a-f]+$")
 # Host directories the daemon gets a private copy of (relative to /).
@@ -157,93 +161,14 @@ class PrivateLibvirtdError(RuntimeError):
     """The private daemon could not be set up, started or torn down."""
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {"PATH": PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
-    if extra:
-        env.update(extra)
-    return env
-
-
 def _run(
     cmd: Sequence[str], check: bool = True, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(cmd), env=_env(), capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL, check=False,
-    )
+    proc = procs.run(cmd, timeout=timeout)
     if check and proc.returncode != 0:
         why = proc.stderr.strip() or proc.stdout.strip()
         raise PrivateLibvirtdError(f"{shlex.join(cmd)} exited {proc.returncode}: {why}")
     return proc
-
-
-def netns_pids(netns: str) -> list[int]:
-    """Pids (host pid namespace) of the processes in network namespace NETNS."""
-    proc = _run(["ip", "netns", "pids", netns], check=False)
-    return [int(p) for p in proc.stdout.split() if p.isdigit()]
-
-
-def is_gone(pid: int) -> bool:
-    """Whether PID no longer runs (absent, or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # "pid (comm) S ..." - comm may contain spaces or parentheses
-    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].startswith("Z")
-
-
-def _live_pids(netns: str) -> list[int]:
-    return [p for p in netns_pids(netns) if not is_gone(p)]
-
-
-def _kill_netns_processes(*namespaces: str, timeout: float = 10.0,
-                          spare: Sequence[int] = ()) -> list[int]:
-    """SIGTERM, then SIGKILL, every process of NAMESPACES but SPARE; return those still alive."""
-    deadline = time.monotonic() + timeout
-    term_sent_at: float | None = None
-    while True:
-        pids = [p for ns in namespaces for p in _live_pids(ns) if p not in spare]
-        if not pids:
-            return []
-        now = time.monotonic()
-        if now > deadline:
-            return pids
-        # SIGTERM first; SIGKILL whatever is still there 2 s later.
-        sig = signal.SIGTERM if term_sent_at is None or now - term_sent_at < 2 else signal.SIGKILL
-        if term_sent_at is None:
-            term_sent_at = now
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(0.05)
-
-
-def _threads(pid: int) -> list[tuple[str, str]]:
-    """PID's threads as (name, kernel wait channel), in tid order; [] when it is gone."""
-    found: list[tuple[str, str]] = []
-    with contextlib.suppress(OSError):
-        for task in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda t: int(t.name)):
-            with contextlib.suppress(OSError):
-                found.append(((task / "comm").read_text().strip(),
-                              (task / "wchan").read_text().strip() or "-"))
-    return found
-
-
-def _describe_threads(threads: Sequence[tuple[str, str]]) -> str:
-    """"name:wchan" per thread, alike ones counted: what a hung daemon waits on."""
-    seen: dict[str, int] = {}
-    for name, wchan in threads:
-        seen[f"{name}:{wchan}"] = seen.get(f"{name}:{wchan}", 0) + 1
-    return ", ".join(k if n == 1 else f"{n}x {k}" for k, n in seen.items()) or "no threads"
 
 
 def shutdown_begun(threads: Sequence[tuple[str, str]]) -> bool:
@@ -260,39 +185,9 @@ def _tail(path: Path, lines: int) -> list[str] | None:
         return None
 
 
-def _netns_exists(netns: str) -> bool:
-    return Path("/run/netns", netns).exists()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(base_dir: str | None = None) -> list[str]:
     """Remove vdtest-<pid>-* namespaces and scratch dirs whose owner pid is dead."""
-    removed: list[str] = []
-    base = Path(base_dir or tempfile.gettempdir())
-    names: set[str] = set()
-    with contextlib.suppress(OSError):
-        names.update(os.listdir("/run/netns"))
-    with contextlib.suppress(OSError):
-        names.update(p.name for p in base.glob(NETNS_PREFIX + "*"))
-    for name in sorted(names):
-        m = _NAME_RE.match(name)
-        if not m or _pid_alive(int(m.group(1))):
-            continue
-        if _netns_exists(name):
-            _kill_netns_processes(name)
-            _run(["ip", "netns", "del", name], check=False)
-        shutil.rmtree(base / name, ignore_errors=True)
-        removed.append(name)
-    return removed
+    return procs.sweep_dead_owners(_NAME_RE, Path(base_dir or tempfile.gettempdir()))
 
 
 def _gid_in(group_file: Path, name: str) -> int:
@@ -388,21 +283,21 @@ class _State:
                 try:
                     proc.wait(timeout=TERM_WAIT)
                 except subprocess.TimeoutExpired:
-                    threads = _threads(proc.pid)
+                    threads = procs.threads(proc.pid)
                     if shutdown_begun(threads):
                         # libvirt (9.0, 11) sometimes never finishes its own shutdown: its
                         # daemon-shutdown thread waits for the udev-event thread forever.
                         # Nothing of a throwaway namespace is lost by the SIGKILL.
                         note = (f"libvirtd {proc.pid} began its shutdown but had not"
                                 f" finished it after {TERM_WAIT:g} s"
-                                f" ({_describe_threads(threads)}); SIGKILL")
+                                f" ({procs.describe_threads(threads)}); SIGKILL")
                         self.notes.append(note)
                         SESSION_NOTES.append(note)
                     else:
                         log_end = " | ".join(t.strip() for t in _tail(self.log_path, 2) or [])
                         problems.append(
                             f"libvirtd {proc.pid} did not act on SIGTERM in {TERM_WAIT:g} s"
-                            f" ({_describe_threads(threads)}; its log ends:"
+                            f" ({procs.describe_threads(threads)}; its log ends:"
                             f" {log_end or '-'}); SIGKILL")
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
@@ -410,11 +305,11 @@ class _State:
             self.proc = None
         if self.netns_created:
             self.killed.update(netns_pids(self.netns))
-            left = _kill_netns_processes(self.netns)
+            left = procs.kill_netns_processes(self.netns)
             if left:
                 problems.append(f"processes survive SIGKILL in {self.netns}: {left}")
             res = _run(["ip", "netns", "del", self.netns], check=False)
-            if res.returncode != 0 and _netns_exists(self.netns):
+            if res.returncode != 0 and procs.netns_exists(self.netns):
                 problems.append(f"ip netns del {self.netns}: {res.stderr.strip()}")
             else:
                 self.netns_created = False
@@ -423,7 +318,7 @@ class _State:
         # machine's init reaps about every 1.7 s; wait for it, bounded, not an error.
         deadline = time.monotonic() + self.reap_wait
         while self.killed and time.monotonic() < deadline:
-            self.killed = {p for p in self.killed if _is_zombie(p)}
+            self.killed = {p for p in self.killed if procs.is_zombie(p)}
             if self.killed:
                 time.sleep(0.05)
         if self.scratch_created and self.caps_cache is not None:
@@ -693,7 +588,7 @@ class PrivateLibvirtd:
             self._state.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private",
                  "sh", str(self.scratch / "start.sh")],
-                env=_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{log_path}",
+                env=clean_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{log_path}",
                           **self.daemon_env}),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C goes to pytest, not to libvirtd
@@ -774,7 +669,7 @@ class PrivateLibvirtd:
         CalledProcessError on a non-zero exit.
         """
         return subprocess.run(
-            self.ns_argv(cmd, mounts=mounts), env=_env(), capture_output=True, text=True,
+            self.ns_argv(cmd, mounts=mounts), env=clean_env(), capture_output=True, text=True,
             check=check, timeout=timeout, input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -804,13 +699,13 @@ class PrivateLibvirtd:
         namespace, so ``stop()`` kills it with everything else. ``env`` defaults to a
         clean one, stdin to /dev/null; other keyword arguments go to ``subprocess.Popen``.
         """
-        kwargs.setdefault("env", _env())
+        kwargs.setdefault("env", clean_env())
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.Popen(self.ns_argv(cmd, mounts=mounts), **kwargs)
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``ip -n NS ARGS...``"""
-        return subprocess.run(["ip", "-n", self.netns, *args], env=_env(), capture_output=True,
+        return subprocess.run(["ip", "-n", self.netns, *args], env=clean_env(), capture_output=True,
                               text=True, check=check, stdin=subprocess.DEVNULL)
 
     def _ensure_veth(self) -> str:
