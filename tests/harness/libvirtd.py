@@ -103,7 +103,8 @@ nothing is ever mounted in the host's namespace.
   probes its qemu first (about 3.5 s, much longer on a loaded machine) and does not act
   on SIGTERM before that probe is done: start() waits for it (getCapabilities).
 
-The pids, namespaces and sweeps are tests/harness/procs.py's.
+The pids, namespaces and sweeps are tests/harness/procs.py's; the mounts of the
+private namespace and the private /dev are tests/harness/chroot.py's.
 
 Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
 one of them is marked ``integration`` automatically:
@@ -121,7 +122,6 @@ one of them is marked ``integration`` automatically:
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import re
 import secrets
@@ -139,7 +139,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness import procs
+from tests.harness import chroot, procs
 from tests.harness.procs import PATH, clean_env, netns_pids
 
 NETNS_PREFIX = "vdtest-"
@@ -190,43 +190,7 @@ def sweep_stale(base_dir: str | None = None) -> list[str]:
     return procs.sweep_dead_owners(_NAME_RE, Path(base_dir or tempfile.gettempdir()))
 
 
-def _gid_in(group_file: Path, name: str) -> int:
-    """The gid of group NAME in GROUP_FILE (a chroot's /etc/group); KeyError if absent."""
-    for line in group_file.read_text().splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
-    raise KeyError(name)
-
-
-def _mirror_parents(lower: Path, upper: Path, rel: str) -> None:
-    """Create UPPER/REL's parent directories with the owner and mode they have in LOWER."""
-    here_lower, here_upper = lower, upper
-    for part in Path(rel).parent.parts:
-        here_lower, here_upper = here_lower / part, here_upper / part
-        if here_upper.exists():
-            continue
-        here_upper.mkdir()
-        with contextlib.suppress(OSError):
-            st = os.stat(here_lower)
-            os.chown(here_upper, st.st_uid, st.st_gid)
-            os.chmod(here_upper, st.st_mode & 0o7777)
-
-
-def _replicate_dirs(src: Path, dst: Path) -> None:
-    """Create under DST the directory tree of SRC (owner, group, mode), no files."""
-    for root, dirs, _files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        target = dst / rel
-        target.mkdir(parents=True, exist_ok=True)
-        st = os.stat(root)
-        os.chown(target, st.st_uid, st.st_gid)
-        os.chmod(target, st.st_mode & 0o7777)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
-
-
 CAPS_SUBDIR = "var/cache/libvirt/qemu/capabilities"
-PRIVATE_DEV = Path(__file__).resolve().with_name("private-dev.sh")
 
 
 def _sync_xml(src: Path, dst: Path) -> None:
@@ -475,7 +439,7 @@ class PrivateLibvirtd:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
         for rel in ("var/lib/libvirt", "var/cache/libvirt", "var/log/libvirt"):
-            _replicate_dirs(Path("/", rel), s / rel)
+            chroot.replicate_dirs(Path("/", rel), s / rel)
         (s / "var/log/libvirt/qemu").mkdir(exist_ok=True)
         if self.caps_cache is not None:
             _sync_xml(self.caps_cache, s / CAPS_SUBDIR)
@@ -484,8 +448,7 @@ class PrivateLibvirtd:
         os.chmod(s / "run", 0o755)
         self.log_dir.mkdir()
         q = shlex.quote
-        mounts = "\n".join(f"mount --bind {q(str(s / rel))} /{rel}" for rel in BIND_DIRS)
-        mounts += "\n" + self._private_dev("/dev")
+        mounts = chroot.host_mounts(s, BIND_DIRS, self.kvm_group_access)
         vl_log = q(f"{self.log_level}:file:{self.log_dir / 'virtlogd.log'}")
         script = (
             "set -eu\n"
@@ -519,25 +482,11 @@ class PrivateLibvirtd:
             if self.caps_cache is not None:
                 # the cached qemu capabilities go into the overlay (the image never changes);
                 # their parents get the image's owner and mode, which the merged view shows
-                _mirror_parents(root, s / "upper", CAPS_SUBDIR)
+                chroot.mirror_parents(root, s / "upper", CAPS_SUBDIR)
                 _sync_xml(self.caps_cache, s / "upper" / CAPS_SUBDIR)
-            lines.append(
-                "mount -t overlay overlay -o "
-                + q(f"lowerdir={root},upperdir={s / 'upper'},workdir={s / 'work'}")
-                + f" {q(str(s / 'root'))}")
-            r = q(str(s / "root"))
-        else:
-            r = q(str(root))
-        lines += [
-            f"R={r}",
-            'mount -t proc proc "$R/proc"',
-            self._private_dev('"$R/dev"', root / "etc/group"),
-            'mount -t sysfs sysfs "$R/sys"',
-            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"',
-            'mkdir -p "$R/run/lock" "$R/run/libvirt" "$R/run/vdtest-log"',
-            f'mount --bind {q(str(self.log_dir))} "$R/run/vdtest-log"',
-        ]
-        vl_log = q(f"{self.log_level}:file:/run/vdtest-log/virtlogd.log")
+        lines += chroot.chroot_mounts(root, s, self.log_dir, overlay=self.overlay,
+                                      kvm_group_access=self.kvm_group_access)
+        vl_log = q(f"{self.log_level}:file:{chroot.LOG_MOUNT}/virtlogd.log")
         inner = (f"LIBVIRT_LOG_OUTPUTS={vl_log} virtlogd -d -p /run/virtlogd.pid && "
                  "exec libvirtd -p /run/libvirtd.pid")
         lines.append(f'exec chroot "$R" /bin/sh -c {q(inner)}')
@@ -557,22 +506,6 @@ class PrivateLibvirtd:
             raise PrivateLibvirtdError("libvirtd is not running")
         return Path(f"/proc/{pid}/root")
 
-    def _private_dev(self, target: str, group_file: Path | None = None) -> str:
-        """The start.sh line that mounts a private /dev on TARGET (tests/harness/
-        private-dev.sh): the daemon never sees the host's /dev, and nothing done inside
-        reaches the host's nodes. Its /dev/kvm is 0660 root:kvm (kvm of GROUP_FILE, or
-        of the host), as Debian's udev rule makes it: without udev the host's node is
-        0600 root, the qemu user (libvirt-qemu, group kvm) could not open it, libvirt would
-        find KVM "not available now" and re-probe qemu on every lookup (about 32 s for the
-        first defineXML instead of about 4 s). ``kvm_group_access=False``: 0600 root.
-        """
-        gid = ""
-        if self.kvm_group_access:
-            with contextlib.suppress(OSError, KeyError):
-                gid = str(grp.getgrnam("kvm").gr_gid if group_file is None
-                          else _gid_in(group_file, "kvm"))
-        return f"sh {shlex.quote(str(PRIVATE_DEV))} {target} {gid}".rstrip()
-
     def _create_netns(self) -> None:
         res = _run(["ip", "netns", "add", self.netns], check=False)
         if res.returncode != 0:
@@ -582,7 +515,7 @@ class PrivateLibvirtd:
 
     def _spawn(self) -> None:
         # the daemon's own view of the log (chroot mode: SCRATCH/log is ROOT/run/vdtest-log)
-        log_path = self.log_path if self.root is None else "/run/vdtest-log/libvirtd.log"
+        log_path = self.log_path if self.root is None else f"{chroot.LOG_MOUNT}/libvirtd.log"
         out = open(self.log_dir / "daemon.out", "wb")  # noqa: SIM115
         try:
             self._state.proc = subprocess.Popen(
