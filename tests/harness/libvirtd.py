@@ -104,19 +104,8 @@ nothing is ever mounted in the host's namespace.
   on SIGTERM before that probe is done: start() waits for it (getCapabilities).
 
 The pids, namespaces and sweeps are tests/harness/procs.py's; the mounts of the
-private namespace and the private /dev are tests/harness/chroot.py's.
-
-Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
-one of them is marked ``integration`` automatically:
-- ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
-  root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
-  ``VIRTDEB_SKIP_LIBVIRTD`` is set, or when ``ip netns add`` is refused.
-- ``libvirt_conn`` (function): a connection to the session daemon; after the test every
-  domain, network and storage pool is destroyed and undefined and the helper veths
-  are deleted (``reset``). Config files a test edits under scratch/etc/libvirt are NOT
-  restored: such a test should use ``fresh_libvirtd``.
-- ``fresh_libvirtd`` (function): a daemon of its own (about 0.2 s to start), e.g. for
-  "autostart happens once per boot" behaviour or config edits.
+private namespace and the private /dev are tests/harness/chroot.py's; the pytest
+fixtures of this daemon are tests/harness/plugin.py's.
 """
 
 from __future__ import annotations
@@ -133,11 +122,9 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
-
-import pytest
 
 from tests.harness import chroot, procs
 from tests.harness.procs import PATH, clean_env, netns_pids
@@ -722,7 +709,6 @@ def reset_libvirt(conn: Any) -> None:
             pool.undefine()
 
 
-# ----------------------------------------------------------------------- pytest
 def skip_reason() -> str | None:
     """Why a private libvirtd cannot run here, or None."""
     if os.environ.get("VIRTDEB_SKIP_LIBVIRTD"):
@@ -737,62 +723,3 @@ def skip_reason() -> str | None:
     except ImportError:
         return "python3-libvirt not importable (run with /usr/bin/python3)"
     return None
-
-
-@contextlib.contextmanager
-def _daemon_or_skip(**kwargs: Any) -> Iterator[PrivateLibvirtd]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = PrivateLibvirtd(**kwargs)
-    try:
-        daemon.start()
-    except NetnsUnavailable as e:
-        pytest.skip(f"network namespaces unavailable: {e}")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[PrivateLibvirtd]:
-    """One private libvirtd for the session; use libvirt_conn for per-test cleanup."""
-    with _daemon_or_skip() as daemon:
-        yield daemon
-
-
-@pytest.fixture
-def libvirt_conn(libvirtd: PrivateLibvirtd) -> Iterator[Any]:
-    """A connection to the session daemon; all domains/networks/pools removed after."""
-    conn = libvirtd.connect()
-    try:
-        yield conn
-    finally:
-        try:
-            libvirtd.reset(conn)
-        finally:
-            conn.close()
-
-
-@pytest.fixture
-def fresh_libvirtd() -> Iterator[PrivateLibvirtd]:
-    """A private libvirtd of the test's own, torn down after it."""
-    with _daemon_or_skip() as daemon:
-        yield daemon
-
-
-_FIXTURES = {"libvirtd", "libvirt_conn", "fresh_libvirtd", "probed_caps"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.integration)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if SESSION_NOTES:
-        terminalreporter.section("private libvirtd teardown notes")
-        for note in SESSION_NOTES:
-            terminalreporter.write_line(note)
