@@ -1,5 +1,5 @@
 """``virtdeb cpu-baseline`` over several real private libvirtds, each a "host" in its
-own network and mount namespaces (tests/libvirtd.py).
+own network and mount namespaces (tests/harness/libvirtd.py).
 
 All of them share one physical CPU, so nothing here names a CPU model or feature
 of this machine: the features a test guest lacks are picked from what the hosts
