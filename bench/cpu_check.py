@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT))
 
 from common import ratio  # noqa: E402
 
-from tests.harness.libvirtd import PATH, PrivateLibvirtd  # noqa: E402
+from tests.harness.libvirtd import PrivateLibvirtd  # noqa: E402
+from tests.harness.procs import PATH  # noqa: E402
 
 CPUS = [
     "<cpu mode='custom' match='exact'><model fallback='forbid'>Haswell</model>"

@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.harness.libvirtd", "tests.harness.cpucaps", "tests.harness.skips"]
+pytest_plugins = ["tests.harness.plugin", "tests.harness.skips"]

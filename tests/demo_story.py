@@ -51,7 +51,8 @@ from pathlib import Path
 from typing import TextIO
 
 from tests.harness.booted import BootedError, BootedSystem
-from tests.harness.libvirtd import PATH, PrivateLibvirtd, PrivateLibvirtdError
+from tests.harness.libvirtd import PrivateLibvirtd, PrivateLibvirtdError
+from tests.harness.procs import PATH
 
 EMULATOR = "/usr/bin/qemu-system-x86_64"
 HOST_ADDRESS = "192.168.122.5/24"  # already there: the default network must move

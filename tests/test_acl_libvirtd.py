@@ -27,10 +27,12 @@ from typing import Any
 
 import pytest
 
-from tests.harness.libvirtd import PATH, PrivateLibvirtd, _daemon_or_skip, is_gone
+from tests.harness.libvirtd import PrivateLibvirtd
 from tests.harness.libvirtd import skip_reason as libvirtd_skip_reason
+from tests.harness.plugin import daemon_or_skip
 from tests.harness.polkit import Polkit, private_polkit
 from tests.harness.polkit import skip_reason as polkit_skip_reason
+from tests.harness.procs import PATH, is_gone
 from virtdeb.cli import main
 from virtdeb.commands.acl import LIBVIRTD_CONF, RULES_FILE, polkit_driver_on
 from virtdeb.host import Host
@@ -152,7 +154,7 @@ def acl_libvirtd(tmp_path: Path) -> Iterator[tuple[PrivateLibvirtd, Polkit]]:
             pk.start(rules, libvirt_members=["bin", "sys"],
                      bus_socket=scratch / "run/dbus/system_bus_socket")
 
-        with _daemon_or_skip(before_start=before_start) as daemon:
+        with daemon_or_skip(before_start=before_start) as daemon:
             yield daemon, pk
 
 

@@ -69,7 +69,7 @@ from typing import Any
 import pytest
 
 from tests.harness.booted import BootedError, BootedSystem, cgroup_dirs
-from tests.harness.libvirtd import is_gone
+from tests.harness.procs import is_gone
 
 TOP = Path(__file__).resolve().parents[1]
 SUITES_ENV = os.environ.get("VIRTDEB_BOOTED_SUITES")

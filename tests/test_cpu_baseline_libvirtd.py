@@ -1,5 +1,5 @@
 """``virtdeb cpu-baseline`` over several real private libvirtds, each a "host" in its
-own network and mount namespaces (tests/libvirtd.py).
+own network and mount namespaces (tests/harness/libvirtd.py).
 
 All of them share one physical CPU, so nothing here names a CPU model or feature
 of this machine: the features a test guest lacks are picked from what the hosts
@@ -29,7 +29,8 @@ from typing import Any
 import pytest
 
 from tests.harness import cpucaps
-from tests.harness.libvirtd import CAPS_SUBDIR, PATH, PrivateLibvirtd, skip_reason
+from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd, skip_reason
+from tests.harness.procs import PATH
 from virtdeb import lock
 from virtdeb.cpu import baseline as b
 from virtdeb.cpu import domcaps as dc

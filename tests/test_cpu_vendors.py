@@ -23,7 +23,8 @@ from typing import Any
 import pytest
 
 from tests.harness import cpucaps
-from tests.harness.libvirtd import PATH, PrivateLibvirtd, reset_libvirt
+from tests.harness.libvirtd import PrivateLibvirtd, reset_libvirt
+from tests.harness.procs import PATH
 
 libvirt = pytest.importorskip("libvirt")
 

@@ -2,7 +2,8 @@
 
 The apply is every registered rule's whole plan on the root of real Debian
 conffiles (tests/harness/faults.py) against a real private libvirtd
-(tests/harness/libvirtd.py, the session daemon): the network ``default`` defined,
+(tests/harness/libvirtd.py, the session daemon of tests/harness/plugin.py): the network
+``default`` defined,
 started and marked autostart, the ``security.capability`` xattr of
 qemu-bridge-helper and its marker, and every file.  The injector's steps are
 the file-system steps (audit hook, now with ``os.setxattr``/``os.removexattr``)

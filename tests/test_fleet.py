@@ -35,7 +35,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.fleet import PATH, Fleet
+from tests.harness.fleet import Fleet
+from tests.harness.procs import PATH
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = ["trixie", "bookworm", "trixie"]

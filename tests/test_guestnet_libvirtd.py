@@ -29,7 +29,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.libvirtd import NETNS_PREFIX, PrivateLibvirtd, netns_pids
+from tests.harness.libvirtd import NETNS_PREFIX, PrivateLibvirtd
+from tests.harness.procs import netns_pids
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Status
 from virtdeb.rules.guestnet import GuestNet

@@ -8,7 +8,8 @@ source:
   virtdeb/effects/; the journal imports no rule; nothing but __main__ imports cli;
   no rule runs a command, writes a file or changes libvirt itself; no file is read
   but through fsio's reader;
-- Editor.last and Editor.ensure, the helpers the rules share.
+- Editor.last and Editor.ensure, the helpers the rules share;
+- no module of tests/ or bench/ imports another module's private (``_name``) names.
 """
 
 from __future__ import annotations
@@ -312,3 +313,105 @@ def source_files() -> list[Path]:
                          and d != "build")
         out += [Path(top, f) for f in sorted(files) if not f.endswith((".pyc", ".deb"))]
     return out
+
+
+# -- the test harness and the benchmarks ----------------------------------------------
+def _is_private(name: str) -> bool:
+    return name.startswith("_") and not name.endswith("__")
+
+
+def tree_module(dotted: str, importer: Path) -> Path | None:
+    """The file of module or package DOTTED if it is one of the tree's (virtdeb/, tests/,
+    bench/, or a sibling of IMPORTER, as bench's common), else None (the standard library,
+    a Debian module)."""
+    bases = [PACKAGE.parent] if dotted.split(".")[0] == "virtdeb" else [TOP, importer.parent]
+    for base in bases:
+        path = base.joinpath(*dotted.split("."))
+        for candidate in (path.with_suffix(".py"), path / "__init__.py"):
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def private_imports(source: str, path: Path) -> list[str]:
+    """Where the module PATH (its SOURCE) takes another module's private name: ``from M
+    import _name``, or ``m._name`` on a module of the tree it imported. Each as
+    ``file:line: what``."""
+    tree = ast.parse(source)
+    here = ".".join(path.relative_to(TOP).with_suffix("").parts)
+    where = path.relative_to(TOP)
+    found: list[str] = []
+    modules: dict[str, str] = {}  # local name -> the tree module it is bound to
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                if a.asname:
+                    modules[a.asname] = a.name
+                else:
+                    modules[a.name.split(".")[0]] = a.name.split(".")[0]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = here.split(".")[:-node.level]
+                base = ".".join([*parts, *([node.module] if node.module else [])])
+            if tree_module(base, path) is None:
+                continue
+            for a in node.names:
+                if _is_private(a.name):
+                    found.append(f"{where}:{node.lineno}: from {base} import {a.name}")
+                elif tree_module(f"{base}.{a.name}", path) is not None:
+                    modules[a.asname or a.name] = f"{base}.{a.name}"
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and _is_private(node.attr)):
+            continue
+        chain: list[str] = []
+        value: ast.expr = node.value
+        while isinstance(value, ast.Attribute):
+            chain.insert(0, value.attr)
+            value = value.value
+        if not isinstance(value, ast.Name) or value.id not in modules:
+            continue
+        dotted = ".".join([modules[value.id], *chain])
+        if tree_module(dotted, path) is not None:
+            found.append(f"{where}:{node.lineno}: {dotted}.{node.attr}")
+    return sorted(set(found), key=lambda f: (f.split(":")[0], int(f.split(":")[1])))
+
+
+def test_private_imports_are_named() -> None:
+    sample = TOP / "tests/sample.py"
+    source = """import os
+import tests.harness.procs
+import tests.harness.procs as pr
+from tests.harness import procs
+from tests.harness.procs import PATH, _live_pids
+from virtdeb import fsio
+from .harness.procs import _pid_alive
+
+os._exit(0)
+procs._pid_alive(1)
+pr._live_pids("x")
+tests.harness.procs._pid_alive(2)
+fsio._private
+procs.PATH
+PATH._not_a_module
+"""
+    assert private_imports(source, sample) == [
+        "tests/sample.py:5: from tests.harness.procs import _live_pids",
+        "tests/sample.py:7: from tests.harness.procs import _pid_alive",
+        "tests/sample.py:10: tests.harness.procs._pid_alive",
+        "tests/sample.py:11: tests.harness.procs._live_pids",
+        "tests/sample.py:12: tests.harness.procs._pid_alive",
+        "tests/sample.py:13: virtdeb.fsio._private",
+    ]
+    assert private_imports("from common import _x\n", TOP / "bench/sample.py") == \
+        ["bench/sample.py:1: from common import _x"]
+
+
+def test_no_module_of_tests_or_bench_imports_anothers_private_names() -> None:
+    """A name another module uses is public (no leading underscore): tests/harness/ is
+    split by job (procs, chroot, libvirtd, plugin, ...) and each says what it offers."""
+    found = []
+    for top in ("tests", "bench"):
+        for path in sorted((TOP / top).rglob("*.py")):
+            found += private_imports(path.read_text(encoding="utf-8"), path)
+    assert not found, "another module's private names:\n" + "\n".join(found)

@@ -11,15 +11,13 @@ from typing import Any
 import pytest
 
 from tests.harness.libvirtd import (
-    PATH,
     PrivateLibvirtd,
     PrivateLibvirtdError,
-    is_gone,
-    netns_pids,
     shutdown_begun,
     skip_reason,
     sweep_stale,
 )
+from tests.harness.procs import PATH, is_gone, netns_pids
 
 pytestmark = pytest.mark.integration
 

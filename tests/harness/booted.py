@@ -75,9 +75,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.libvirtd import is_gone
+from tests.harness.procs import PATH, is_gone
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdboot-"
 _NAME_RE = re.compile(r"^vdboot-(\d+)-[0-9a-f]+$")
 BOOT_TIMEOUT = 600.0  # seconds until `running`; a loaded 2-core machine is slow

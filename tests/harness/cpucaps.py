@@ -41,9 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd, skip_reason
+from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd
 
 CPU_ENV = "VIRTDEB_TEST_CPU"
 HOST = "host"  # this machine's CPU as libvirt reports it, unedited
@@ -307,15 +305,6 @@ def start_daemon(cpu: str, probed: Path | None, workdir: Path) -> PrivateLibvirt
         daemon.stop(raise_problems=False)
         raise
     return daemon
-
-
-@pytest.fixture(scope="session")
-def probed_caps(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The qemu capabilities cache every profile daemon of this run is edited from."""
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    return probe_caps(tmp_path_factory.mktemp("probed") / "caps")
 
 
 @contextlib.contextmanager

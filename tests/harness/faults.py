@@ -39,6 +39,7 @@ if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 from tests.golden import snapshot  # noqa: E402
+from tests.harness.procs import PATH  # noqa: E402
 from virtdeb.config import FOREIGN_FILES, schema  # noqa: E402
 from virtdeb.effects.file import FileChange  # noqa: E402
 from virtdeb.errors import LibvirtError, VirtdebError  # noqa: E402
@@ -47,7 +48,7 @@ from virtdeb.journal import Journal  # noqa: E402
 from virtdeb.rules import load_all  # noqa: E402
 
 PY = "/usr/bin/python3"
-CLEAN_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+CLEAN_ENV = {"PATH": PATH,
              "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root"}
 URI = "test:///default"
 CONFIG = "/etc/virtdeb/virtdeb.conf"

@@ -44,10 +44,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.harness import cpucaps
-from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd, _kill_netns_processes
+from tests.harness import cpucaps, procs
+from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd
+from tests.harness.procs import clean_env, kill_netns_processes
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 PREFIX = "vdfleet-"
 # The fleet's /24 comes from 198.18.0.0/15 (RFC 2544, benchmarking, routed nowhere): the
 # first one that overlaps no route and no address of the machine (whose own network may
@@ -60,18 +60,10 @@ class FleetError(Exception):
     pass
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {"PATH": PATH, "LC_ALL": "C.UTF-8", "HOME": "/root"}
-    env.update(extra or {})
-    return env
-
-
 def _run(argv: Sequence[str], *, check: bool = True, timeout: float = 120,
          env: dict[str, str] | None = None, input: str | None = None,  # noqa: A002
          ) -> subprocess.CompletedProcess[str]:
-    res = subprocess.run(list(argv), env=env or _env(), capture_output=True, text=True,
-                         timeout=timeout, input=input,
-                         stdin=None if input is not None else subprocess.DEVNULL, check=False)
+    res = procs.run(argv, env=env, timeout=timeout, input=input)
     if check and res.returncode != 0:
         raise FleetError(f"{shlex.join(argv)}: exit {res.returncode}\n{res.stdout}{res.stderr}")
     return res
@@ -100,22 +92,7 @@ def sweep_stale() -> list[str]:
 
     (The hosts' vdtest-<pid>-* namespaces are swept by PrivateLibvirtd itself.)
     """
-    removed = []
-    names: set[str] = set()
-    with contextlib.suppress(OSError):
-        names.update(os.listdir("/run/netns"))
-    with contextlib.suppress(OSError):
-        names.update(os.listdir(tempfile.gettempdir()))
-    for name in sorted(names):
-        m = _NAME_RE.match(name)
-        if not m or Path(f"/proc/{m.group(1)}").exists():
-            continue
-        if Path("/run/netns", name).exists():
-            _kill_netns_processes(name)
-            _run(["ip", "netns", "del", name], check=False)
-        shutil.rmtree(Path(tempfile.gettempdir(), name), ignore_errors=True)
-        removed.append(name)
-    return removed
+    return procs.sweep_dead_owners(_NAME_RE, Path(tempfile.gettempdir()))
 
 
 @dataclass
@@ -329,10 +306,10 @@ class Fleet:
 
         # the clients first (ssh masters, sshd and its sessions, virt-ssh-helper): a
         # libvirtd with open connections may take long to stop
-        _kill_netns_processes(*self._namespaces)
+        kill_netns_processes(*self._namespaces)
         hosts_ns = [h.netns for h in self.hosts if h.daemon is not None and h.daemon.pid]
         daemons = [h.daemon.pid for h in self.hosts if h.daemon is not None and h.daemon.pid]
-        _kill_netns_processes(*hosts_ns, spare=[p for p in daemons if p is not None])
+        kill_netns_processes(*hosts_ns, spare=[p for p in daemons if p is not None])
         # in parallel: each stop waits up to 5 s for init to reap the daemons' orphans
         threads = [threading.Thread(target=stop_host, args=(h,)) for h in self.hosts]
         for t in threads:
@@ -343,7 +320,7 @@ class Fleet:
             if h.sshd is not None:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     h.sshd.wait(timeout=10)
-        left = _kill_netns_processes(*self._namespaces)
+        left = kill_netns_processes(*self._namespaces)
         if left:
             problems.append(f"pids {left} survive SIGKILL")
         for netns in reversed(self._namespaces):
@@ -383,7 +360,7 @@ class Fleet:
     def ctl(self, argv: Sequence[str], *, env: dict[str, str] | None = None,
             check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """ARGV in the controller namespace (the host's files, the fleet's network)."""
-        return _run(["ip", "netns", "exec", self.controller, *argv], env=_env(env),
+        return _run(["ip", "netns", "exec", self.controller, *argv], env=clean_env(env),
                     check=check, timeout=timeout)
 
     def uri(self, h: FleetHost, proxy: str | None = None) -> str:

@@ -103,23 +103,14 @@ nothing is ever mounted in the host's namespace.
   probes its qemu first (about 3.5 s, much longer on a loaded machine) and does not act
   on SIGTERM before that probe is done: start() waits for it (getCapabilities).
 
-Fixtures (load with ``pytest_plugins = ["tests.harness.libvirtd"]``); every test that uses
-one of them is marked ``integration`` automatically:
-- ``libvirtd`` (session): one daemon for the whole run; skipped with a reason when not
-  root, when ip/unshare/nsenter/libvirtd/virtlogd/python3-libvirt are missing, when
-  ``VIRTDEB_SKIP_LIBVIRTD`` is set, or when ``ip netns add`` is refused.
-- ``libvirt_conn`` (function): a connection to the session daemon; after the test every
-  domain, network and storage pool is destroyed and undefined and the helper veths
-  are deleted (``reset``). Config files a test edits under scratch/etc/libvirt are NOT
-  restored: such a test should use ``fresh_libvirtd``.
-- ``fresh_libvirtd`` (function): a daemon of its own (about 0.2 s to start), e.g. for
-  "autostart happens once per boot" behaviour or config edits.
+The pids, namespaces and sweeps are tests/harness/procs.py's; the mounts of the
+private namespace and the private /dev are tests/harness/chroot.py's; the pytest
+fixtures of this daemon are tests/harness/plugin.py's.
 """
 
 from __future__ import annotations
 
 import contextlib
-import grp
 import os
 import re
 import secrets
@@ -131,13 +122,13 @@ import subprocess
 import tempfile
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.harness import chroot, procs
+from tests.harness.procs import PATH, clean_env, netns_pids
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 NETNS_PREFIX = "vdtest-"
 _NAME_RE = re.compile(r"^vdtest-(\d+)-[0-9a-f]+$")
 # Host directories the daemon gets a private copy of (relative to /).
@@ -157,93 +148,14 @@ class PrivateLibvirtdError(RuntimeError):
     """The private daemon could not be set up, started or torn down."""
 
 
-def _env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    env = {"PATH": PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": "/root"}
-    if extra:
-        env.update(extra)
-    return env
-
-
 def _run(
     cmd: Sequence[str], check: bool = True, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(cmd), env=_env(), capture_output=True, text=True, timeout=timeout,
-        stdin=subprocess.DEVNULL, check=False,
-    )
+    proc = procs.run(cmd, timeout=timeout)
     if check and proc.returncode != 0:
         why = proc.stderr.strip() or proc.stdout.strip()
         raise PrivateLibvirtdError(f"{shlex.join(cmd)} exited {proc.returncode}: {why}")
     return proc
-
-
-def netns_pids(netns: str) -> list[int]:
-    """Pids (host pid namespace) of the processes in network namespace NETNS."""
-    proc = _run(["ip", "netns", "pids", netns], check=False)
-    return [int(p) for p in proc.stdout.split() if p.isdigit()]
-
-
-def is_gone(pid: int) -> bool:
-    """Whether PID no longer runs (absent, or a zombie)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    # "pid (comm) S ..." - comm may contain spaces or parentheses
-    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].startswith("Z")
-
-
-def _live_pids(netns: str) -> list[int]:
-    return [p for p in netns_pids(netns) if not is_gone(p)]
-
-
-def _kill_netns_processes(*namespaces: str, timeout: float = 10.0,
-                          spare: Sequence[int] = ()) -> list[int]:
-    """SIGTERM, then SIGKILL, every process of NAMESPACES but SPARE; return those still alive."""
-    deadline = time.monotonic() + timeout
-    term_sent_at: float | None = None
-    while True:
-        pids = [p for ns in namespaces for p in _live_pids(ns) if p not in spare]
-        if not pids:
-            return []
-        now = time.monotonic()
-        if now > deadline:
-            return pids
-        # SIGTERM first; SIGKILL whatever is still there 2 s later.
-        sig = signal.SIGTERM if term_sent_at is None or now - term_sent_at < 2 else signal.SIGKILL
-        if term_sent_at is None:
-            term_sent_at = now
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, sig)
-        time.sleep(0.05)
-
-
-def _threads(pid: int) -> list[tuple[str, str]]:
-    """PID's threads as (name, kernel wait channel), in tid order; [] when it is gone."""
-    found: list[tuple[str, str]] = []
-    with contextlib.suppress(OSError):
-        for task in sorted(Path(f"/proc/{pid}/task").iterdir(), key=lambda t: int(t.name)):
-            with contextlib.suppress(OSError):
-                found.append(((task / "comm").read_text().strip(),
-                              (task / "wchan").read_text().strip() or "-"))
-    return found
-
-
-def _describe_threads(threads: Sequence[tuple[str, str]]) -> str:
-    """"name:wchan" per thread, alike ones counted: what a hung daemon waits on."""
-    seen: dict[str, int] = {}
-    for name, wchan in threads:
-        seen[f"{name}:{wchan}"] = seen.get(f"{name}:{wchan}", 0) + 1
-    return ", ".join(k if n == 1 else f"{n}x {k}" for k, n in seen.items()) or "no threads"
 
 
 def shutdown_begun(threads: Sequence[tuple[str, str]]) -> bool:
@@ -260,78 +172,12 @@ def _tail(path: Path, lines: int) -> list[str] | None:
         return None
 
 
-def _netns_exists(netns: str) -> bool:
-    return Path("/run/netns", netns).exists()
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale(base_dir: str | None = None) -> list[str]:
     """Remove vdtest-<pid>-* namespaces and scratch dirs whose owner pid is dead."""
-    removed: list[str] = []
-    base = Path(base_dir or tempfile.gettempdir())
-    names: set[str] = set()
-    with contextlib.suppress(OSError):
-        names.update(os.listdir("/run/netns"))
-    with contextlib.suppress(OSError):
-        names.update(p.name for p in base.glob(NETNS_PREFIX + "*"))
-    for name in sorted(names):
-        m = _NAME_RE.match(name)
-        if not m or _pid_alive(int(m.group(1))):
-            continue
-        if _netns_exists(name):
-            _kill_netns_processes(name)
-            _run(["ip", "netns", "del", name], check=False)
-        shutil.rmtree(base / name, ignore_errors=True)
-        removed.append(name)
-    return removed
-
-
-def _gid_in(group_file: Path, name: str) -> int:
-    """The gid of group NAME in GROUP_FILE (a chroot's /etc/group); KeyError if absent."""
-    for line in group_file.read_text().splitlines():
-        fields = line.split(":")
-        if len(fields) >= 3 and fields[0] == name and fields[2].isdigit():
-            return int(fields[2])
-    raise KeyError(name)
-
-
-def _mirror_parents(lower: Path, upper: Path, rel: str) -> None:
-    """Create UPPER/REL's parent directories with the owner and mode they have in LOWER."""
-    here_lower, here_upper = lower, upper
-    for part in Path(rel).parent.parts:
-        here_lower, here_upper = here_lower / part, here_upper / part
-        if here_upper.exists():
-            continue
-        here_upper.mkdir()
-        with contextlib.suppress(OSError):
-            st = os.stat(here_lower)
-            os.chown(here_upper, st.st_uid, st.st_gid)
-            os.chmod(here_upper, st.st_mode & 0o7777)
-
-
-def _replicate_dirs(src: Path, dst: Path) -> None:
-    """Create under DST the directory tree of SRC (owner, group, mode), no files."""
-    for root, dirs, _files in os.walk(src):
-        rel = Path(root).relative_to(src)
-        target = dst / rel
-        target.mkdir(parents=True, exist_ok=True)
-        st = os.stat(root)
-        os.chown(target, st.st_uid, st.st_gid)
-        os.chmod(target, st.st_mode & 0o7777)
-        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+    return procs.sweep_dead_owners(_NAME_RE, Path(base_dir or tempfile.gettempdir()))
 
 
 CAPS_SUBDIR = "var/cache/libvirt/qemu/capabilities"
-PRIVATE_DEV = Path(__file__).resolve().with_name("private-dev.sh")
 
 
 def _sync_xml(src: Path, dst: Path) -> None:
@@ -388,21 +234,21 @@ class _State:
                 try:
                     proc.wait(timeout=TERM_WAIT)
                 except subprocess.TimeoutExpired:
-                    threads = _threads(proc.pid)
+                    threads = procs.threads(proc.pid)
                     if shutdown_begun(threads):
                         # libvirt (9.0, 11) sometimes never finishes its own shutdown: its
                         # daemon-shutdown thread waits for the udev-event thread forever.
                         # Nothing of a throwaway namespace is lost by the SIGKILL.
                         note = (f"libvirtd {proc.pid} began its shutdown but had not"
                                 f" finished it after {TERM_WAIT:g} s"
-                                f" ({_describe_threads(threads)}); SIGKILL")
+                                f" ({procs.describe_threads(threads)}); SIGKILL")
                         self.notes.append(note)
                         SESSION_NOTES.append(note)
                     else:
                         log_end = " | ".join(t.strip() for t in _tail(self.log_path, 2) or [])
                         problems.append(
                             f"libvirtd {proc.pid} did not act on SIGTERM in {TERM_WAIT:g} s"
-                            f" ({_describe_threads(threads)}; its log ends:"
+                            f" ({procs.describe_threads(threads)}; its log ends:"
                             f" {log_end or '-'}); SIGKILL")
                     with contextlib.suppress(ProcessLookupError):
                         proc.kill()
@@ -410,11 +256,11 @@ class _State:
             self.proc = None
         if self.netns_created:
             self.killed.update(netns_pids(self.netns))
-            left = _kill_netns_processes(self.netns)
+            left = procs.kill_netns_processes(self.netns)
             if left:
                 problems.append(f"processes survive SIGKILL in {self.netns}: {left}")
             res = _run(["ip", "netns", "del", self.netns], check=False)
-            if res.returncode != 0 and _netns_exists(self.netns):
+            if res.returncode != 0 and procs.netns_exists(self.netns):
                 problems.append(f"ip netns del {self.netns}: {res.stderr.strip()}")
             else:
                 self.netns_created = False
@@ -423,7 +269,7 @@ class _State:
         # machine's init reaps about every 1.7 s; wait for it, bounded, not an error.
         deadline = time.monotonic() + self.reap_wait
         while self.killed and time.monotonic() < deadline:
-            self.killed = {p for p in self.killed if _is_zombie(p)}
+            self.killed = {p for p in self.killed if procs.is_zombie(p)}
             if self.killed:
                 time.sleep(0.05)
         if self.scratch_created and self.caps_cache is not None:
@@ -580,7 +426,7 @@ class PrivateLibvirtd:
                 if p.is_dir() and not p.is_symlink():
                     shutil.rmtree(p)
         for rel in ("var/lib/libvirt", "var/cache/libvirt", "var/log/libvirt"):
-            _replicate_dirs(Path("/", rel), s / rel)
+            chroot.replicate_dirs(Path("/", rel), s / rel)
         (s / "var/log/libvirt/qemu").mkdir(exist_ok=True)
         if self.caps_cache is not None:
             _sync_xml(self.caps_cache, s / CAPS_SUBDIR)
@@ -589,8 +435,7 @@ class PrivateLibvirtd:
         os.chmod(s / "run", 0o755)
         self.log_dir.mkdir()
         q = shlex.quote
-        mounts = "\n".join(f"mount --bind {q(str(s / rel))} /{rel}" for rel in BIND_DIRS)
-        mounts += "\n" + self._private_dev("/dev")
+        mounts = chroot.host_mounts(s, BIND_DIRS, self.kvm_group_access)
         vl_log = q(f"{self.log_level}:file:{self.log_dir / 'virtlogd.log'}")
         script = (
             "set -eu\n"
@@ -624,25 +469,11 @@ class PrivateLibvirtd:
             if self.caps_cache is not None:
                 # the cached qemu capabilities go into the overlay (the image never changes);
                 # their parents get the image's owner and mode, which the merged view shows
-                _mirror_parents(root, s / "upper", CAPS_SUBDIR)
+                chroot.mirror_parents(root, s / "upper", CAPS_SUBDIR)
                 _sync_xml(self.caps_cache, s / "upper" / CAPS_SUBDIR)
-            lines.append(
-                "mount -t overlay overlay -o "
-                + q(f"lowerdir={root},upperdir={s / 'upper'},workdir={s / 'work'}")
-                + f" {q(str(s / 'root'))}")
-            r = q(str(s / "root"))
-        else:
-            r = q(str(root))
-        lines += [
-            f"R={r}",
-            'mount -t proc proc "$R/proc"',
-            self._private_dev('"$R/dev"', root / "etc/group"),
-            'mount -t sysfs sysfs "$R/sys"',
-            'mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs "$R/run"',
-            'mkdir -p "$R/run/lock" "$R/run/libvirt" "$R/run/vdtest-log"',
-            f'mount --bind {q(str(self.log_dir))} "$R/run/vdtest-log"',
-        ]
-        vl_log = q(f"{self.log_level}:file:/run/vdtest-log/virtlogd.log")
+        lines += chroot.chroot_mounts(root, s, self.log_dir, overlay=self.overlay,
+                                      kvm_group_access=self.kvm_group_access)
+        vl_log = q(f"{self.log_level}:file:{chroot.LOG_MOUNT}/virtlogd.log")
         inner = (f"LIBVIRT_LOG_OUTPUTS={vl_log} virtlogd -d -p /run/virtlogd.pid && "
                  "exec libvirtd -p /run/libvirtd.pid")
         lines.append(f'exec chroot "$R" /bin/sh -c {q(inner)}')
@@ -662,22 +493,6 @@ class PrivateLibvirtd:
             raise PrivateLibvirtdError("libvirtd is not running")
         return Path(f"/proc/{pid}/root")
 
-    def _private_dev(self, target: str, group_file: Path | None = None) -> str:
-        """The start.sh line that mounts a private /dev on TARGET (tests/harness/
-        private-dev.sh): the daemon never sees the host's /dev, and nothing done inside
-        reaches the host's nodes. Its /dev/kvm is 0660 root:kvm (kvm of GROUP_FILE, or
-        of the host), as Debian's udev rule makes it: without udev the host's node is
-        0600 root, the qemu user (libvirt-qemu, group kvm) could not open it, libvirt would
-        find KVM "not available now" and re-probe qemu on every lookup (about 32 s for the
-        first defineXML instead of about 4 s). ``kvm_group_access=False``: 0600 root.
-        """
-        gid = ""
-        if self.kvm_group_access:
-            with contextlib.suppress(OSError, KeyError):
-                gid = str(grp.getgrnam("kvm").gr_gid if group_file is None
-                          else _gid_in(group_file, "kvm"))
-        return f"sh {shlex.quote(str(PRIVATE_DEV))} {target} {gid}".rstrip()
-
     def _create_netns(self) -> None:
         res = _run(["ip", "netns", "add", self.netns], check=False)
         if res.returncode != 0:
@@ -687,13 +502,13 @@ class PrivateLibvirtd:
 
     def _spawn(self) -> None:
         # the daemon's own view of the log (chroot mode: SCRATCH/log is ROOT/run/vdtest-log)
-        log_path = self.log_path if self.root is None else "/run/vdtest-log/libvirtd.log"
+        log_path = self.log_path if self.root is None else f"{chroot.LOG_MOUNT}/libvirtd.log"
         out = open(self.log_dir / "daemon.out", "wb")  # noqa: SIM115
         try:
             self._state.proc = subprocess.Popen(
                 ["ip", "netns", "exec", self.netns, "unshare", "-m", "--propagation", "private",
                  "sh", str(self.scratch / "start.sh")],
-                env=_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{log_path}",
+                env=clean_env({"LIBVIRT_LOG_OUTPUTS": f"{self.log_level}:file:{log_path}",
                           **self.daemon_env}),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                 start_new_session=True,  # a terminal's Ctrl-C goes to pytest, not to libvirtd
@@ -774,7 +589,7 @@ class PrivateLibvirtd:
         CalledProcessError on a non-zero exit.
         """
         return subprocess.run(
-            self.ns_argv(cmd, mounts=mounts), env=_env(), capture_output=True, text=True,
+            self.ns_argv(cmd, mounts=mounts), env=clean_env(), capture_output=True, text=True,
             check=check, timeout=timeout, input=input,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
@@ -804,13 +619,13 @@ class PrivateLibvirtd:
         namespace, so ``stop()`` kills it with everything else. ``env`` defaults to a
         clean one, stdin to /dev/null; other keyword arguments go to ``subprocess.Popen``.
         """
-        kwargs.setdefault("env", _env())
+        kwargs.setdefault("env", clean_env())
         kwargs.setdefault("stdin", subprocess.DEVNULL)
         return subprocess.Popen(self.ns_argv(cmd, mounts=mounts), **kwargs)
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         """``ip -n NS ARGS...``"""
-        return subprocess.run(["ip", "-n", self.netns, *args], env=_env(), capture_output=True,
+        return subprocess.run(["ip", "-n", self.netns, *args], env=clean_env(), capture_output=True,
                               text=True, check=check, stdin=subprocess.DEVNULL)
 
     def _ensure_veth(self) -> str:
@@ -894,7 +709,6 @@ def reset_libvirt(conn: Any) -> None:
             pool.undefine()
 
 
-# ----------------------------------------------------------------------- pytest
 def skip_reason() -> str | None:
     """Why a private libvirtd cannot run here, or None."""
     if os.environ.get("VIRTDEB_SKIP_LIBVIRTD"):
@@ -909,62 +723,3 @@ def skip_reason() -> str | None:
     except ImportError:
         return "python3-libvirt not importable (run with /usr/bin/python3)"
     return None
-
-
-@contextlib.contextmanager
-def _daemon_or_skip(**kwargs: Any) -> Iterator[PrivateLibvirtd]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    daemon = PrivateLibvirtd(**kwargs)
-    try:
-        daemon.start()
-    except NetnsUnavailable as e:
-        pytest.skip(f"network namespaces unavailable: {e}")
-    try:
-        yield daemon
-    finally:
-        daemon.stop()
-
-
-@pytest.fixture(scope="session")
-def libvirtd() -> Iterator[PrivateLibvirtd]:
-    """One private libvirtd for the session; use libvirt_conn for per-test cleanup."""
-    with _daemon_or_skip() as daemon:
-        yield daemon
-
-
-@pytest.fixture
-def libvirt_conn(libvirtd: PrivateLibvirtd) -> Iterator[Any]:
-    """A connection to the session daemon; all domains/networks/pools removed after."""
-    conn = libvirtd.connect()
-    try:
-        yield conn
-    finally:
-        try:
-            libvirtd.reset(conn)
-        finally:
-            conn.close()
-
-
-@pytest.fixture
-def fresh_libvirtd() -> Iterator[PrivateLibvirtd]:
-    """A private libvirtd of the test's own, torn down after it."""
-    with _daemon_or_skip() as daemon:
-        yield daemon
-
-
-_FIXTURES = {"libvirtd", "libvirt_conn", "fresh_libvirtd", "probed_caps"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if _FIXTURES.intersection(getattr(item, "fixturenames", ())):
-            item.add_marker(pytest.mark.integration)
-
-
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if SESSION_NOTES:
-        terminalreporter.section("private libvirtd teardown notes")
-        for note in SESSION_NOTES:
-            terminalreporter.write_line(note)

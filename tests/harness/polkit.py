@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
 
+from tests.harness.procs import PATH
 from virtdeb.commands.acl import RULES_FILE
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 POLKITD = "/usr/lib/polkit-1/polkitd"
 TOOLS = ("dbus-daemon", "dbus-send", "pkcheck", "setpriv", "unshare")
 TEST_USERS = ("daemon", "bin", "sys", "games", "man")
