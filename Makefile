@@ -42,23 +42,33 @@ unit: $(if $(IS_ROOT),deps)
 
 test: lint unit
 
-# Everything, in this order: lint and types; the package (built once) and the images;
-# for each of SUITES (bookworm trixie sid, mk/suites.mk) pytest (unit and integration)
-# inside that suite's chroot, its lintian, autopkgtest and piuparts (the chroots let the
-# apt tests run real apt with the built package); the booted story on each suite
-# (mk/booted.mk: systemd as PID 1 in systemd-nspawn); the Ansible collection and the fleet
-# (mk/fleet.mk); the 12 -> 13 upgrade.  Every step runs under mk/host-guard.sh, which
-# fails the check if the host's /dev, users and groups, mounts, network namespaces or
-# detached processes are not as they were before it.  `make unit` runs pytest on the host.
-CHECK_STEPS := lint package image safety-image demo-image suites booted ansible-check fleet \
-	upgrade-test
-# Each step prints its time; the first that fails ends the run.
+# Everything, in four phases; each prints its time:
+#   1. lint and types (after the dependency step, `make deps`);
+#   2. the package, built once (and the older one, for the upgrade tests);
+#   3. every image (chroots and roots under .cache/), CHECK_JOBS at a time;
+#   4. the tests, CHECK_JOBS at a time (each one's output shown whole when it ends, and
+#      every one runs even if another failed): for each of SUITES (bookworm trixie sid,
+#      mk/suites.mk) pytest (unit and integration) inside that suite's chroot, its
+#      lintian, autopkgtest and piuparts; the booted story on each suite (mk/booted.mk:
+#      systemd as PID 1 in systemd-nspawn) and the booted demo; the Ansible collection
+#      and the fleet (mk/fleet.mk); the 12 -> 13 upgrade.
+# The tests of phase 4 share nothing but read-only images and the package: each has its
+# own chroot or overlay, mount namespace and /run (network namespaces), and scratch dirs.
+# The whole run is under mk/host-guard.sh, which fails the check if the host's /dev,
+# users and groups, mounts, network namespaces or detached processes are not as they
+# were before it.  `make unit` runs pytest on the host.
+CHECK_JOBS ?= $(shell nproc)
+CHECK_IMAGES := images test-chroots safety-image demo-image booted-images fleet-images
+CHECK_TESTS := $(foreach s,$(SUITES),suite-$(s)) booted ansible-check fleet upgrade-test
 check:
 	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; start=$$(date +%s); rc=0; \
-	for step in $(CHECK_STEPS); do t=$$(date +%s); \
-		$(MAKE) --no-print-directory $$step || rc=$$?; \
-		echo "make check: $$step $$([ $$rc = 0 ] && echo done || echo FAILED)" \
-			"in $$(( $$(date +%s) - t )) s"; [ $$rc = 0 ] || break; done; \
+	phase() { t=$$(date +%s); shift; $(MAKE) --no-print-directory "$$@" || rc=$$?; \
+		echo "make check: $$name $$([ $$rc = 0 ] && echo done || echo FAILED)" \
+			"in $$(( $$(date +%s) - t )) s"; }; \
+	name=lint phase x lint; \
+	[ $$rc = 0 ] && name=package phase x package package-old suites-prep subids; \
+	[ $$rc = 0 ] && name=images phase x -j$(CHECK_JOBS) $(CHECK_IMAGES); \
+	[ $$rc = 0 ] && name=tests phase x -j$(CHECK_JOBS) -O --keep-going $(CHECK_TESTS); \
 	sh mk/host-guard.sh compare "$$guard" || rc=1; rm -f "$$guard"; \
 	echo "make check: $$([ $$rc = 0 ] && echo passed || echo FAILED)" \
 		"in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"; exit $$rc

@@ -25,6 +25,7 @@ VERSION=$(dpkg-parsechangelog -l "$TOP/debian/changelog" -S Version)
 DEB=virtdeb_${VERSION}_all.deb
 CHROOT=$TOP/.cache/$SUITE-test
 FAILED=""
+SUITE_START=$(date +%s)
 
 in_chroot() { "$TOP/mk/in-chroot.sh" "$CHROOT" "$TOP" "$@"; }
 
@@ -63,7 +64,7 @@ summary() {
 
 # pytest: the images the apt tests copy are the suite's own (read-only at /src/.cache)
 step pytest in_chroot env VIRTDEB_IMAGE_DIR=/src/.cache/$SUITE-minbase VIRTDEB_COUNT_SKIPS=1 \
-    python3 -m pytest -q -p no:cacheprovider -ra -W error::DeprecationWarning tests
+    python3 -m pytest -q -p no:cacheprovider -ra --durations=15 -W error::DeprecationWarning tests
 
 step lintian in_chroot sh -c 'lintian --version && lintian --fail-on error,warning --info \
     --display-info .build/lint/virtdeb_*.dsc .build/virtdeb_*_all.deb'
@@ -96,8 +97,9 @@ step piuparts-upgrade in_chroot piuparts --no-eatmydata \
     --bindmount=/src/.build/repo --extra-repo='deb [trusted=yes] file:///src/.build/repo ./' \
     --no-install-purge-test "/src/.build/$DEB"
 
+SUITE_SECS=$(( $(date +%s) - SUITE_START ))
 if [ -n "$FAILED" ]; then
-    echo "$SUITE: FAILED:$FAILED"
+    echo "$SUITE: FAILED:$FAILED (${SUITE_SECS}s)"
     exit 1
 fi
-echo "$SUITE: all checks passed"
+echo "$SUITE: all checks passed (${SUITE_SECS}s)"
