@@ -4,7 +4,7 @@ export PATH := /usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export PYTHONDONTWRITEBYTECODE := 1
 PY := /usr/bin/python3
 LINTVENV := .cache/lint-venv
-APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 --no-install-recommends
+APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=600 --no-install-recommends
 
 # Everything the tests use, from Debian (the runtime is Debian's python3).
 DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
