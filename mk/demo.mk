@@ -24,7 +24,7 @@ DEMO_INCLUDE := libvirt-daemon-system,qemu-system-x86,python3-augeas,python3-lib
 
 .PHONY: demo demo-image
 
-demo-image: deps $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list
+demo-image: $(DEMO_TOP)/.cache/demo-deps.stamp $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list
 
 $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list:
 	mkdir -p $(DEMO_TOP)/.cache
@@ -37,16 +37,27 @@ $(DEMO_IMAGE)/var/lib/dpkg/info/libvirt-daemon-system.list:
 		$(DEMO_SUITE) $(DEMO_IMAGE).new "deb $(DEMO_MIRROR) $(DEMO_SUITE) main"
 	rm -rf $(DEMO_IMAGE) && mv $(DEMO_IMAGE).new $(DEMO_IMAGE)
 
-# One command on a fresh machine: the dependency step of `make check`, the package,
-# the image, then the story (tests/demo_story.py).
+# What the demo needs on the host, and only that (the full `make deps` of `make check`
+# installs much more): the package build, mmdebstrap, systemd-nspawn, ip.
+DEMO_DEPS := build-essential debhelper dh-python pybuild-plugin-pyproject python3-all \
+	python3-setuptools po-debconf fakeroot dpkg-dev mmdebstrap debian-archive-keyring \
+	systemd-container iproute2 util-linux git ca-certificates
+$(DEMO_TOP)/.cache/demo-deps.stamp:
+	mkdir -p $(DEMO_TOP)/.cache
+	$(APT_GET) update
+	$(APT_GET) install $(DEMO_DEPS)
+	touch $@
+
+# One command on a fresh machine: what the demo needs, the package, the image, then the
+# story (tests/demo_story.py).
 DEMO_MODE := $(or $(MODE),booted)
 ifeq ($(DEMO_MODE),chroot)
-demo: deps package demo-image
+demo: $(DEMO_TOP)/.cache/demo-deps.stamp package demo-image
 	@echo "virtdeb demo: Debian $(DEMO_SUITE) chroot $(DEMO_IMAGE)"
 	cd $(DEMO_TOP) && $(DEMO_ENV) PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m tests.demo_story \
 		--image $(DEMO_IMAGE) --deb $(PKG_DEB)
 else
-demo: deps package $(BOOTED_CACHE)/booted-$(DEMO_SUITE)/var/lib/dpkg/info/libvirt-daemon-system.list
+demo: $(DEMO_TOP)/.cache/demo-deps.stamp package $(BOOTED_CACHE)/booted-$(DEMO_SUITE)/var/lib/dpkg/info/libvirt-daemon-system.list
 	@echo "virtdeb demo: Debian $(DEMO_SUITE) booted in systemd-nspawn, from $(BOOTED_CACHE)/booted-$(DEMO_SUITE)"
 	cd $(DEMO_TOP) && $(DEMO_ENV) PYTHONDONTWRITEBYTECODE=1 /usr/bin/python3 -m tests.demo_story \
 		--booted --image $(BOOTED_CACHE)/booted-$(DEMO_SUITE) --deb $(PKG_DEB)
