@@ -403,6 +403,10 @@ PATH._not_a_module
         "tests/sample.py:12: tests.harness.procs._pid_alive",
         "tests/sample.py:13: virtdeb.fsio._private",
     ]
+
+
+@pytest.mark.integration  # bench/ is in the source tree only (not in autopkgtest's copy)
+def test_private_imports_finds_bench_siblings() -> None:
     assert private_imports("from common import _x\n", TOP / "bench/sample.py") == \
         ["bench/sample.py:1: from common import _x"]
 

@@ -18,6 +18,8 @@ from virtdeb.cli import main
 from virtdeb.commands.acl import RULES_FILE
 from virtdeb.edit import PURGE_UNDO_DIR
 
+# the source tree's script (autopkgtest's unit test runs tests/ without it: integration)
+pytestmark = pytest.mark.integration
 POSTRM = Path(__file__).parent.parent / "debian/postrm"
 CONF = "etc/libvirt/libvirtd.conf"
 CONSENT = ["--set", "virtdeb.allow_edit=libvirtd.conf"]
