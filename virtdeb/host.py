@@ -7,10 +7,8 @@ a Host.
 
 from __future__ import annotations
 
-import io
 import logging
 import os
-import re
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -18,8 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from virtdeb import fsio
-from virtdeb.errors import LibvirtError, ParseError, SystemCommandError, UnsafePathError
+from virtdeb import dpkgstatus, fsio
+from virtdeb.errors import LibvirtError, SystemCommandError, UnsafePathError
 
 if TYPE_CHECKING:
     from virtdeb.config import Config
@@ -28,7 +26,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_URI = "qemu:///system"
 DPKG_STATUS = "/var/lib/dpkg/status"
-_PACKAGE = re.compile(rb"^Package:[ \t]*(\S+)", re.M)
 CLEAN_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # The sockets qemu:///system connects to (libvirtd's or, split, virtqemud's); with socket
 # activation they exist while the daemon does not run yet.
@@ -108,44 +105,22 @@ class Host:
 
     # -- dpkg ----------------------------------------------------------------
     @cached_property
-    def _dpkg_index(self) -> dict[str, tuple[int, bytes]]:
-        """package name -> (first line, raw paragraph) of dpkg's status file.
-
-        Splitting is cheap; a paragraph is parsed (with python-debian) only when
-        a rule asks about its package: a real status file has a thousand.
-        """
-        data = fsio.read_bytes(self.path(DPKG_STATUS), DPKG_STATUS)
-        if data is None:
-            return {}
-        index: dict[str, tuple[int, bytes]] = {}
-        line = 1
-        for para in data.split(b"\n\n"):
-            match = _PACKAGE.search(para)
-            if match:
-                index.setdefault(match.group(1).decode("utf-8", "replace"), (line, para))
-            line += para.count(b"\n") + 2
-        return index
+    def _dpkg_status(self) -> bytes:
+        """dpkg's status file (b"" when there is none), read once."""
+        return fsio.read_bytes(self.path(DPKG_STATUS), DPKG_STATUS) or b""
 
     def _package(self, package: str) -> dict[str, str]:
-        """The fields of ``package``'s paragraph in dpkg's status file ({} if none)."""
+        """The fields of ``package``'s paragraph in dpkg's status file ({} if none).
+
+        Only that paragraph is found and parsed (dpkgstatus): a real status file has a
+        thousand and a rule asks about a few.
+        """
         if package in self._packages:
             return self._packages[package]
-        from debian.debian_support import PackageFile
-        from debian.debian_support import ParseError as DebParseError
-
-        fields: dict[str, str] = {}
-        found = self._dpkg_index.get(package)
-        if found is not None:
-            first, para = found
-            body = para.lstrip(b"\n")
-            first += len(para) - len(body)
-            try:
-                for pkg in PackageFile(DPKG_STATUS, io.BytesIO(body + b"\n")):
-                    fields.update(pkg)
-            except (DebParseError, UnicodeDecodeError) as exc:
-                line = first + getattr(exc, "lineno", 1) - 1
-                raise ParseError(DPKG_STATUS, line, None, "not a dpkg status paragraph",
-                                 "dpkg's database looks damaged: see dpkg --audit") from exc
+        data = self._dpkg_status
+        span = dpkgstatus.paragraph(data, package)
+        fields = {} if span is None else dpkgstatus.fields(
+            data, span, DPKG_STATUS, "dpkg's database looks damaged: see dpkg --audit")
         self._packages[package] = fields
         return fields
 

@@ -42,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from virtdeb import fsio
+from virtdeb import dpkgstatus, fsio
 from virtdeb.effects import Change
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
@@ -93,9 +93,7 @@ def libvirt_backend(host: Host) -> Backend | None:
     version = sysdpkg.libvirt_version(host)
     if version is None:
         return None
-    from debian.debian_support import Version
-
-    if Version(version) < Version(FIREWALL_SINCE):
+    if dpkgstatus.compare(version, FIREWALL_SINCE) < 0:
         return Backend("iptables", f"libvirt {version} has no {NETWORK_CONF}: it writes its"
                        " rules with iptables only", modern=False)
     configured = firewall_backend(host)

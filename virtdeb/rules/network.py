@@ -41,7 +41,7 @@ from collections.abc import Iterator, Sequence
 from itertools import chain
 from typing import Any
 
-from virtdeb import fsio
+from virtdeb import dpkgstatus, fsio
 from virtdeb.effects import Change
 from virtdeb.effects.file import FileChange
 from virtdeb.effects.network import NetworkChange, NetworkMove
@@ -226,9 +226,7 @@ def firewall_packages(host: Host) -> tuple[str, ...]:
         return (backend,)
     version = sysdpkg.libvirt_version(host)
     if version:
-        from debian.debian_support import Version
-
-        if Version(version) >= Version(FIREWALL_SINCE):
+        if dpkgstatus.compare(version, FIREWALL_SINCE) >= 0:
             return BACKENDS
     return ("iptables",)
 

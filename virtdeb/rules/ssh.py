@@ -11,6 +11,7 @@ so nc matters only for older peers.  An ``nc`` the administrator set by hand
 
 from __future__ import annotations
 
+from virtdeb import dpkgstatus
 from virtdeb.effects import Change
 from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.rules import Finding, Rule, Status, register
@@ -26,9 +27,7 @@ def has_ssh_helper(version: str | None) -> bool:
     """Whether this libvirt version runs virt-ssh-helper for qemu+ssh (>= 6.8)."""
     if version is None:
         return False
-    from debian.debian_support import Version
-
-    return bool(Version(version) >= Version(HELPER_SINCE))
+    return dpkgstatus.compare(version, HELPER_SINCE) >= 0
 
 
 @register
