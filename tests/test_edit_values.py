@@ -7,10 +7,13 @@ runs them inside each suite's chroot) and with real lenses.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.harness.faults import CLEAN_ENV, TOP
 from virtdeb.edit import Editor
 from virtdeb.errors import ParseError
 from virtdeb.host import Host
@@ -97,3 +100,25 @@ def test_write_error_has_augeas_text(tmp_path: Path) -> None:
     assert "cannot write (put_failed: " in message, message
     assert "(error: error)" not in message
     assert "\n" not in message and len(message) < 400, message
+
+
+AUGEAS_WITHOUT_COMMANDS = """
+import subprocess
+def refuse(*args, **kwargs):
+    raise AssertionError(f"ran {args[0] if args else kwargs.get('args')}")
+subprocess.Popen = refuse  # ctypes.util.find_library runs ldconfig -p through it
+from virtdeb.edit import augeas_instance
+aug = augeas_instance()
+aug.set("/t/text", "log_level = 1\\n")
+aug.text_store("Libvirtd.lns", "/t/text", "/t/tree")
+assert aug.get("/t/tree/log_level") in ("1", b"1"), aug.get("/t/tree/log_level")
+"""
+
+
+def test_augeas_is_loaded_without_running_ldconfig() -> None:
+    """python-augeas 0.5 looks libaugeas up with ``ldconfig -p``; the Editor gives it the
+    soname instead (1.x needs neither)."""
+    proc = subprocess.run([sys.executable, "-c", AUGEAS_WITHOUT_COMMANDS], cwd=TOP,
+                          env={**CLEAN_ENV, "PYTHONPATH": str(TOP)}, capture_output=True,
+                          text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
