@@ -18,10 +18,11 @@ from typing import Any
 import pytest
 
 from tests.harness.libvirtd import PrivateLibvirtd
+from virtdeb.effects.network import NetworkChange
 from virtdeb.host import Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status
-from virtdeb.rules.network import BUILTIN_TEMPLATE, STATE, TEMPLATE, Network, NetworkChange
+from virtdeb.rules.network import BUILTIN_TEMPLATE, STATE, TEMPLATE, Network
 
 pytestmark = pytest.mark.integration
 REAL_TEMPLATE = Path(TEMPLATE)
@@ -174,7 +175,7 @@ def test_packaged_definition_on_a_used_subnet_is_moved(
         libvirtd: PrivateLibvirtd, libvirt_conn: Any, tmp_path: Path) -> None:
     """libvirt-daemon-config-network defines 'default' on 192.168.122.0/24 on install; a host
     that already has an address there cannot start it: virtdeb moves it, revert moves it back."""
-    from virtdeb.rules.network import NetworkMove
+    from virtdeb.effects.network import NetworkMove
 
     host = make_host(libvirtd, tmp_path)
     packaged = libvirt_conn.networkDefineXML(REAL_TEMPLATE.read_text() if REAL_TEMPLATE.exists()

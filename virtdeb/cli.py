@@ -23,7 +23,6 @@ from virtdeb.commands.options import (
     show_and_apply,
 )
 from virtdeb.errors import VirtdebError
-from virtdeb.outcome import SCHEMA, Outcome
 from virtdeb.rules import ORDER, Status, select
 
 log = logging.getLogger("virtdeb")
@@ -65,6 +64,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 def cmd_revert(args: argparse.Namespace) -> int:
     from virtdeb.journal import Journal
+    from virtdeb.outcome import SCHEMA, Outcome
 
     host = host_from(args)
     journal = Journal(host)
@@ -160,6 +160,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return func(args)
     except VirtdebError as exc:
         if getattr(args, "result_json", False) and args.json:  # say it to the program too
+            from virtdeb.outcome import Outcome  # here: doctor does not need it
+
             print_json(Outcome(" ".join(argv)).as_json()
                        | {"error": {"name": exc.name, "message": exc.message}})
         print(f"virtdeb: {exc.label}: {exc.message}", file=sys.stderr)

@@ -17,12 +17,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtdeb import fsio
-from virtdeb.effects.file import FileChange
 from virtdeb.errors import ParseError
 from virtdeb.host import Host
+
+if TYPE_CHECKING:  # imported where a change is made: doctor makes none
+    from virtdeb.effects.file import FileChange
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +119,8 @@ def created_marker(host: Host, rule: str, path: str) -> FileChange:
 
     postrm reads these on purge and removes exactly the files virtdeb created.
     """
+    from virtdeb.effects.file import FileChange
+
     marker = CREATED_DIR + path
     before = fsio.read_bytes(host.path(marker), marker)
     return FileChange(rule, marker, before, b"", mode=0o644)
@@ -148,6 +152,8 @@ def purge_undo_marker(host: Host, change: FileChange) -> FileChange | None:
     other kind of change (postrm would not know what to undo).
     """
     import difflib
+
+    from virtdeb.effects.file import FileChange
 
     old = [] if change.before is None else change.before.decode("utf-8", "replace").splitlines()
     new = [] if change.after is None else change.after.decode("utf-8", "replace").splitlines()
@@ -252,6 +258,8 @@ class Editor:
             text = text[1:]
         after = text.encode("utf-8")
         if after != (self.before or b""):
+            from virtdeb.effects.file import FileChange
+
             self.change = FileChange(self.rule, self.path, self.before, after,
                                      foreign=self.foreign, mode=self.mode)
 

@@ -9,13 +9,15 @@ import contextlib
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtdeb import report
 from virtdeb.effects import Change
 from virtdeb.errors import UsageError
 from virtdeb.host import DEFAULT_URI, Host
-from virtdeb.outcome import Outcome, apply
+
+if TYPE_CHECKING:  # imported where used: doctor applies nothing
+    from virtdeb.outcome import Outcome
 
 
 def host_from(args: argparse.Namespace) -> Host:
@@ -84,6 +86,8 @@ def show_and_apply(host: Host, changes: Sequence[Change], command: str, *, dry_r
 
     ``unchanged`` is printed when there is nothing to do.
     """
+    from virtdeb.outcome import apply
+
     outcome = apply(host, changes, command, dry_run=dry_run)
     if as_json:
         print_json(outcome.as_json())

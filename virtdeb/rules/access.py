@@ -15,7 +15,6 @@ writing files on the host.  A member that is not (or no longer) in
 from __future__ import annotations
 
 from virtdeb.effects import Change
-from virtdeb.effects.group import ensure_group, set_members
 from virtdeb.errors import UsageError
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import groups
@@ -79,6 +78,8 @@ class Access(Rule):
         return out
 
     def plan(self) -> list[Change]:
+        from virtdeb.effects.group import ensure_group, set_members  # here: not for doctor
+
         wanted = self._wanted()
         group = groups.groups(self.host).get(GROUP)
         if group is None:

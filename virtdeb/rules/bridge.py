@@ -35,9 +35,6 @@ from dataclasses import dataclass
 from virtdeb import fsio
 from virtdeb.edit import Editor
 from virtdeb.effects import Change
-from virtdeb.effects.capability import CapabilityChange
-from virtdeb.effects.file import FileChange
-from virtdeb.effects.statoverride import StatOverrideChange
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
@@ -185,6 +182,11 @@ class Bridge(Rule):
         return self._plan_helper(state) + self._plan_conf(state)
 
     def _plan_helper(self, state: _State) -> list[Change]:
+        # here: doctor imports no effect (start-up time)
+        from virtdeb.effects.capability import CapabilityChange
+        from virtdeb.effects.file import FileChange
+        from virtdeb.effects.statoverride import StatOverrideChange
+
         if not state.wanted or state.setuid or state.has_cap:
             return []
         if state.no_xattr is not None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from virtdeb.edit import Editor
 from virtdeb.effects import Change
-from virtdeb.effects.service import with_restart
 from virtdeb.rules import Finding, Rule, Status, register
 
 DROPIN = "/etc/dnsmasq.d/00_libvirtd.conf"
@@ -63,4 +62,6 @@ class Dnsmasq(Rule):
                 ed.set("interface[last()+1]", "lo")
             if "bind-interfaces" in missing:
                 ed.set("bind-interfaces", None)
+        from virtdeb.effects.service import with_restart  # here: doctor imports no effect
+
         return with_restart(list(ed.changes), self.host, self.name)

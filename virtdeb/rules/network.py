@@ -36,21 +36,23 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from virtdeb import dpkgstatus, fsio
 from virtdeb.effects import Change
-from virtdeb.effects.file import FileChange
-from virtdeb.effects.network import NetworkChange, NetworkMove
 from virtdeb.errors import LibvirtError, ParseError, VirtdebError
 from virtdeb.host import Host
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import dpkg as sysdpkg
 from virtdeb.system import net as sysnet
 from virtdeb.system.libvirt import lookup_network, module, network_xmls
+
+if TYPE_CHECKING:  # imported where used: doctor on a host at rest needs neither
+    import xml.etree.ElementTree as ET
+
+    from virtdeb.effects.network import NetworkChange
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +114,8 @@ def pick_subnet(used: Sequence[Net], preferred: ipaddress.IPv4Network = FIRST) \
 # -- the network's XML --------------------------------------------------------
 def parse_xml(xml: str, shown: str) -> ET.Element:
     """The root of a network XML (libvirt's or a root-owned template), or a ParseError."""
+    import xml.etree.ElementTree as ET  # here: only with a network to read
+
     try:
         return ET.fromstring(xml)  # noqa: S314 - trusted: libvirt or a root-owned file
     except ET.ParseError as exc:
@@ -145,6 +149,8 @@ def xml_subnet(xml: str) -> ipaddress.IPv4Network | None:
 def network_xml(template: str, subnet: ipaddress.IPv4Network, net_uuid: str,
                 shown: str = TEMPLATE) -> str:
     """The template with ``net_uuid`` and, moved to ``subnet``, its address and DHCP range."""
+    import xml.etree.ElementTree as ET
+
     root = parse_xml(template, shown)
     node = root.find("uuid")
     if node is None:
@@ -313,6 +319,9 @@ class Network(Rule):
         return out
 
     def plan(self) -> list[Change]:
+        from virtdeb.effects.file import FileChange  # here: doctor imports no effect
+        from virtdeb.effects.network import NetworkChange
+
         if not self.host.config.flag("network", "autostart_default"):
             return []
         before, state = _state(self.host)
@@ -341,6 +350,8 @@ class Network(Rule):
 
     def _move(self, net: Any, subnet: ipaddress.IPv4Network,
               used: list[ipaddress.IPv4Network]) -> NetworkChange:
+        from virtdeb.effects.network import NetworkMove
+
         new = pick_subnet(used, subnet)
         xml = network_xml(net.XMLDesc(module().VIR_NETWORK_XML_INACTIVE), new,
                           net.UUIDString(), f"network {NAME}")
@@ -349,6 +360,8 @@ class Network(Rule):
 
     def _define(self) -> NetworkChange:
         import uuid  # here: doctor never needs it
+
+        from virtdeb.effects.network import NetworkChange
 
         template = read_template(self.host)
         preferred = xml_subnet(template) or FIRST

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import glob
 import logging
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +59,8 @@ def driver_knows_key(host: Host) -> bool | None:
 
 def ethernet_domains(conn: Any) -> list[str]:
     """Names of the defined domains with an ``<interface type='ethernet'>``."""
+    import xml.etree.ElementTree as ET  # here: only with a libvirt connection
+
     names = []
     for dom in lv.domains(conn):
         state = lv.domain_state(dom, 0)

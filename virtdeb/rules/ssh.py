@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from virtdeb import dpkgstatus
 from virtdeb.effects import Change
-from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import alternatives
 from virtdeb.system import dpkg as sysdpkg
@@ -81,6 +80,8 @@ class Ssh(Rule):
         return ("manual" if state.status == "manual" else "other"), state
 
     def plan(self) -> list[Change]:
+        from virtdeb.effects.alternative import AlternativeChange  # here: not for doctor
+
         nc, state = self._nc()
         if nc != "other" or state is None:
             return []
