@@ -17,11 +17,19 @@ import pytest
 
 from virtdeb import maint
 from virtdeb.effects import ConflictError
-from virtdeb.errors import UsageError
+from virtdeb.errors import UnsafePathError, UsageError
 from virtdeb.host import CLEAN_PATH, Host
 from virtdeb.journal import Journal
 from virtdeb.rules import Status
-from virtdeb.rules.bridge import CONF, HELPER, MARKER, Bridge, bridge_names, check_bridge_name
+from virtdeb.rules.bridge import (
+    CONF,
+    HELPER,
+    MARKER,
+    Bridge,
+    acl,
+    bridge_names,
+    check_bridge_name,
+)
 from virtdeb.system import caps
 from virtdeb.system.net import interface_name_problem
 
@@ -199,6 +207,23 @@ def test_unparsable_bridge_conf(tmp_path: Path) -> None:
     host = make_root(tmp_path, conf="allow br0 br1\n")
     with pytest.raises(Exception, match=r"/etc/qemu/bridge.conf:1"):
         Bridge(host).check()
+
+
+def test_absent_bridge_conf_and_includes(tmp_path: Path) -> None:
+    """An absent bridge.conf, or an absent file it includes, allows and denies nothing (it
+    is not parsed); a symlink, even a dangling one, is refused as before."""
+    host = make_root(tmp_path)
+    conf = host.path(CONF)
+    if conf.exists():
+        conf.unlink()
+    assert acl(host) == (set(), set())
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text("include /etc/qemu/absent.conf\nallow br1\n")
+    assert acl(host) == ({"br1"}, set())
+    conf.unlink()
+    conf.symlink_to("/etc/qemu/nowhere.conf")
+    with pytest.raises(UnsafePathError):
+        acl(host)
 
 
 # -- a filesystem without xattrs -------------------------------------------------

@@ -76,6 +76,8 @@ def acl(host: Host) -> tuple[set[str], set[str]]:
         if path in seen or not path.startswith("/"):
             continue
         seen.add(path)
+        if not os.path.lexists(host.path(path)):
+            continue  # nothing to parse: an absent file allows and denies nothing
         with Editor(host, path, LENS) as ed:
             allowed.update(v for v in ed.values("allow") if v)
             denied.update(v for v in ed.values("deny") if v)
