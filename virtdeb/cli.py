@@ -41,9 +41,16 @@ Handler = Callable[[argparse.Namespace], int]
 
 def cmd_doctor(args: argparse.Namespace) -> int:
     host = host_from(args)
+    rules = [rule(host) for rule in select(args.rules)]
+    for rule in rules:  # the commands the checks run, started now: they run meanwhile
+        for argv in rule.commands():
+            host.start(argv)
     findings = []
-    for rule in select(args.rules):
-        findings.extend(rule(host).check())
+    try:
+        for rule in rules:
+            findings.extend(rule.check())
+    finally:
+        host.close()
     if args.json:
         report.findings_json(findings, sys.stdout)
     else:

@@ -56,6 +56,9 @@ class Host:
         self._conn: Any = None
         self._conn_error: LibvirtError | None = None
         self._packages: dict[str, dict[str, str]] = {}
+        # started early (start): argv -> (its environment, the process or why it failed)
+        self._started: dict[tuple[str, ...],
+                            tuple[dict[str, str], subprocess.Popen[str] | OSError]] = {}
 
     # -- paths ---------------------------------------------------------------
     @property
@@ -138,17 +141,55 @@ class Host:
         return self._package(package).get("Version")
 
     # -- commands ------------------------------------------------------------
-    def run(self, argv: Sequence[str], *, check: bool = True,
-            input: str | None = None) -> subprocess.CompletedProcess[str]:
-        """Run a command (never through a shell) with a clean PATH and C locale."""
+    @staticmethod
+    def _env() -> dict[str, str]:
         from virtdeb.lock import child_env
 
         # a trigger of a dpkg run from here goes on under this process's lock
-        env = {"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8", **child_env()}
+        return {"PATH": CLEAN_PATH, "LC_ALL": "C.UTF-8", **child_env()}
+
+    def start(self, argv: Sequence[str]) -> None:
+        """Start the read-only command ``argv`` now: the next :meth:`run` of the same
+        argv (without input, in the same environment) waits for it and takes its result
+        instead of starting it then.  doctor starts the commands its checks will run
+        before it runs them, so that they run while it reads and parses files."""
+        key = tuple(argv)
+        if key in self._started:
+            return
+        env = self._env()
+        log.debug("starting %s", " ".join(argv))
+        try:
+            proc: subprocess.Popen[str] | OSError = subprocess.Popen(
+                list(argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env=env)
+        except OSError as exc:
+            proc = exc
+        self._started[key] = (env, proc)
+
+    def _take(self, argv: Sequence[str], env: dict[str, str],
+              input: str | None) -> subprocess.CompletedProcess[str] | None:
+        """The result of ``argv`` started early, or None (not started, or not alike)."""
+        started = self._started.pop(tuple(argv), None)
+        if started is None:
+            return None
+        early_env, proc = started
+        if input is not None or early_env != env:
+            _stop(proc)
+            return None
+        if isinstance(proc, OSError):
+            raise proc
+        stdout, stderr = proc.communicate()
+        return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+    def run(self, argv: Sequence[str], *, check: bool = True,
+            input: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run a command (never through a shell) with a clean PATH and C locale."""
+        env = self._env()
         log.debug("running %s", " ".join(argv))
         try:
-            proc = subprocess.run(list(argv), capture_output=True, text=True, env=env,
-                                  input=input, check=False)
+            proc = self._take(argv, env, input) or subprocess.run(
+                list(argv), capture_output=True, text=True, env=env, input=input,
+                check=False)
         except OSError as exc:
             raise SystemCommandError(f"{argv[0]}: {exc.strerror}; is it installed?") from exc
         if check and proc.returncode != 0:
@@ -188,8 +229,17 @@ class Host:
         return self._conn
 
     def close(self) -> None:
+        while self._started:  # started and never asked for
+            _stop(self._started.popitem()[1][1])
         if self._conn is not None:
             try:
                 self._conn.close()
             finally:
                 self._conn = None
+
+
+def _stop(proc: subprocess.Popen[str] | OSError) -> None:
+    """End a command started early whose result nobody takes."""
+    if isinstance(proc, subprocess.Popen):
+        proc.kill()
+        proc.communicate()

@@ -64,6 +64,11 @@ class Rule:
     def check(self) -> list[Finding]:
         raise NotImplementedError
 
+    def commands(self) -> list[list[str]]:
+        """The read-only commands check() will run on this host, for doctor to start
+        them (Host.start) before it runs the checks; never raises (check() does)."""
+        return []
+
     def plan(self) -> list[Change]:
         return []
 

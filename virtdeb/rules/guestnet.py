@@ -204,6 +204,13 @@ class GuestNet(Rule):
             out += self._collision(subnet, bridge)
         return out
 
+    def commands(self) -> list[list[str]]:
+        """firewall_view's commands, when check() gets to them (libvirt is installed)."""
+        try:
+            return fw.commands(self.host) if libvirt_backend(self.host) is not None else []
+        except VirtdebError:
+            return []  # check() says it
+
     # -- libvirt's network ------------------------------------------------------
     def _network(self) -> tuple[Any, bool]:
         try:

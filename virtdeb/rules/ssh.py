@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from virtdeb import dpkgstatus
 from virtdeb.effects import Change
+from virtdeb.errors import VirtdebError
 from virtdeb.rules import Finding, Rule, Status, register
 from virtdeb.system import alternatives
 from virtdeb.system import dpkg as sysdpkg
@@ -66,6 +67,14 @@ class Ssh(Rule):
                                     f"nc points to {state.value}, not {NC}",
                                     "virtdeb apply ssh"))
         return out
+
+    def commands(self) -> list[list[str]]:
+        """update-alternatives --query nc, when _nc gets to it."""
+        try:
+            return [alternatives.argv(self.host, "--query", "nc")] \
+                if self.host.installed(PACKAGE) else []
+        except VirtdebError:
+            return []  # check() says it
 
     def _nc(self) -> tuple[str, alternatives.State | None]:
         """Where nc stands, for check() and plan() alike: no-package, not-offered, ok,

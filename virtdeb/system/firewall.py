@@ -85,19 +85,36 @@ def parse_iptables_forward(where: str, text: str) -> ForwardChain | None:
                         drops_rest=bool(rules) and rules[-1] in ("-j DROP", "-j REJECT"))
 
 
+IPTABLES_V = ["iptables", "-V"]
+NFT_RULESET = ["nft", "-j", "list", "ruleset"]
+
+
 def iptables_flavor(host: Host) -> str:
     """What the ``iptables`` command is: "iptables-nft" or "iptables-legacy"."""
-    out = tool_output(host, ["iptables", "-V"])
+    out = tool_output(host, IPTABLES_V)
     return "iptables-nft" if "nf_tables" in out else "iptables-legacy"
 
 
-def iptables_forward(host: Host, flavor: str) -> ForwardChain | None:
-    """The FORWARD chain of ``flavor`` (iptables-nft or iptables-legacy), or None."""
+def _forward_argv(host: Host, flavor: str) -> list[str] | None:
+    """The command that lists ``flavor``'s FORWARD chain; None when there is none to list."""
     if flavor == "iptables-legacy":
         names = net_text(host, "/proc/net/ip_tables_names") or ""
         if "filter" not in names.split():
             return None  # no legacy filter table: nothing hooks forward there
-    return parse_iptables_forward(flavor, tool_output(host, [flavor, "-S", "FORWARD"]))
+    return [flavor, "-S", "FORWARD"]
+
+
+def iptables_forward(host: Host, flavor: str) -> ForwardChain | None:
+    """The FORWARD chain of ``flavor`` (iptables-nft or iptables-legacy), or None."""
+    argv = _forward_argv(host, flavor)
+    return None if argv is None else parse_iptables_forward(flavor, tool_output(host, argv))
+
+
+def commands(host: Host) -> list[list[str]]:
+    """The commands iptables_forward (of both flavors), nft_forward and iptables_flavor
+    run, as the Host runs them (in its network namespace): to start them early."""
+    argvs = [_forward_argv(host, flavor) for flavor in ("iptables-legacy", "iptables-nft")]
+    return [in_netns(host, argv) for argv in [*argvs, NFT_RULESET, IPTABLES_V] if argv]
 
 
 def _nft_rule(expr: object) -> str:
@@ -151,7 +168,7 @@ def parse_nft_forward(text: str) -> list[ForwardChain]:
 
 
 def nft_forward(host: Host) -> list[ForwardChain]:
-    return parse_nft_forward(tool_output(host, ["nft", "-j", "list", "ruleset"]))
+    return parse_nft_forward(tool_output(host, NFT_RULESET))
 
 
 CSUM = "CONFIG_NET_ACT_CSUM"
