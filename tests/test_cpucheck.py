@@ -295,3 +295,44 @@ def test_text_report_one_line_per_definition(libvirtd: Any, domains: dict[str, A
     # --json stays per domain
     _, data = check_json(capsys, libvirtd.uri, tmp_path)
     assert {"tsx", "tsx-twin"} <= {d["domain"] for d in data["domains"]}
+
+
+class _FakeDomain:
+    """What domain_states asks of a libvirt domain."""
+
+    def __init__(self, i: int) -> None:
+        self.i = i
+
+    def name(self) -> str:
+        return f"d{self.i:03d}"
+
+    def XMLDesc(self, flags: int) -> str:  # noqa: N802 - libvirt's name
+        return f"<domain><name>d{self.i:03d}</name><flags>{flags}</flags></domain>"
+
+    def UUID(self) -> bytes:  # noqa: N802 - libvirt's name
+        return self.i.to_bytes(16, "big")
+
+
+class _FakeConnection:
+    def __init__(self, count: int, running: set[int]) -> None:
+        self.doms = [_FakeDomain(i) for i in range(count)]
+        self.running = running
+
+    def listAllDomains(self, flags: int) -> list[_FakeDomain]:  # noqa: N802
+        from virtdeb.system.libvirt import LIST_ACTIVE
+
+        return [d for d in self.doms if d.i in self.running] if flags == LIST_ACTIVE \
+            else self.doms
+
+
+@pytest.mark.parametrize("count", [0, 1, 24, 25, 26, 101])
+def test_domain_states_in_order_in_chunks(count: int) -> None:
+    """Fetched CHUNK domains per task, FETCHERS tasks at a time: every domain once, in
+    order, running as libvirt lists it (by UUID)."""
+    from virtdeb.system import libvirt as lv
+
+    conn = _FakeConnection(count, running={0, 7, 25, 100})
+    doms = lv.domains(conn)
+    got = [(h._obj.i, state) for h, state in lv.domain_states(conn, doms, 3)]
+    assert got == [(i, (f"<domain><name>d{i:03d}</name><flags>3</flags></domain>",
+                        i in {0, 7, 25, 100})) for i in range(count)]

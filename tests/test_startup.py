@@ -61,6 +61,9 @@ def test_a_subcommand_imports_no_other_subcommand(tmp_path: Path) -> None:
     assert "virtdeb.commands.cpu_check" in modules
     assert {m for m in modules if m.startswith("virtdeb.commands.")} == {
         "virtdeb.commands.cpu_check", "virtdeb.commands.options"}
+    # a check without --fix plans no fix (and imports no XML diff)
+    assert [m for m in ("virtdeb.cpu.fix", "virtdeb.effects.domain", "difflib")
+            if m in modules] == []
 
 
 def test_doctor_imports_only_what_its_rules_need(tmp_path: Path) -> None:

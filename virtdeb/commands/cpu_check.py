@@ -18,8 +18,7 @@ from virtdeb.commands.options import (
 )
 from virtdeb.cpu import STRATEGIES
 from virtdeb.cpu.compare import DomainReport, Progress, Verdict, inspect
-from virtdeb.cpu.fix import plan_fixes, verify
-from virtdeb.outcome import Outcome, apply
+from virtdeb.outcome import Outcome
 
 
 def add_parser(sub: Any) -> None:
@@ -56,6 +55,9 @@ def cmd_cpu_check(args: argparse.Namespace) -> int:
             progress.done()
         calls = comparer.calls  # the check's, not the fixes' comparisons
         if args.fix:
+            from virtdeb.cpu.fix import plan_fixes, verify  # here: a check fixes nothing
+            from virtdeb.outcome import apply
+
             changes = plan_fixes(reports, args.fix, comparer, host.uri)
             if not args.json:
                 report.plan_text(changes, sys.stdout)
