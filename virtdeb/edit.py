@@ -171,6 +171,34 @@ def purge_undo_marker(host: Host, change: FileChange) -> FileChange | None:
                       mode=0o644)
 
 
+# Lenses whose comments are the lines that start with "#" in column 0, and may stand
+# between any two entries, and whose only values that span lines are "[...]" arrays and
+# "..." strings (without escapes): libvirt's (``(record | comment | empty)*``, a comment
+# being any line that starts with "#").  A read-only Editor parses such a file with its
+# comment lines outside a value blanked: the same entries and values, without the work
+# of parsing the comment text, most of a libvirt configuration file as installed.
+BLANKABLE = frozenset({"Libvirtd.lns", "Libvirtd_qemu.lns"})
+
+
+def blank_comments(text: str) -> str:
+    """``text`` with each comment line that is not inside a multi-line array or string
+    emptied, its newline kept (every line keeps its number)."""
+    lines = text.split("\n")
+    depth, quoted = 0, False
+    for i, line in enumerate(lines):
+        if depth == 0 and not quoted and line.startswith("#"):
+            lines[i] = ""
+            continue
+        if '"' not in line and "[" not in line and "]" not in line:
+            continue
+        for char in line:
+            if char == '"':
+                quoted = not quoted
+            elif not quoted and char in "[]":
+                depth += 1 if char == "[" else -1
+    return "\n".join(lines)
+
+
 def was_created(host: Host, path: str) -> bool:
     """Whether virtdeb created ``path`` (and its marker is still there)."""
     return host.path(CREATED_DIR + path).is_file()
@@ -182,7 +210,10 @@ class Editor:
     _serial = 0
 
     def __init__(self, host: Host, path: str, lens: str, *, rule: str = "",
-                 foreign: bool = False, mode: int | None = None, own: bool = False) -> None:
+                 foreign: bool = False, mode: int | None = None, own: bool = False,
+                 comments: bool = True) -> None:
+        """``comments=False``: a read-only Editor, whose tree may lack the comments (a
+        lens of BLANKABLE is given the text with its comment lines blanked)."""
         self.host = host
         self.path = path
         self.lens = lens
@@ -190,6 +221,7 @@ class Editor:
         self.foreign = foreign
         self.mode = mode
         self.own = own
+        self.comments = comments
         self.before: bytes | None = None
         self._padded = False
         self._touched = False  # only a tree something changed is rendered again
@@ -216,7 +248,19 @@ class Editor:
         # python-augeas 0.5.0 stores "" as no value, which text_store refuses:
         # parse an empty file as one blank line and drop that line in _render.
         self._padded = text == ""
-        self.aug.set(f"{self._node}/text", "\n" if self._padded else text)
+        text = "\n" if self._padded else text
+        blanked = text if self.comments or self.lens not in BLANKABLE else blank_comments(text)
+        try:
+            self._store(blanked)
+        except ParseError:
+            if blanked == text:
+                raise
+            self._store(text)  # the file as it is: its own error, where it is
+        return self
+
+    def _store(self, text: str) -> None:
+        """Parse ``text`` into the tree; a ParseError (the node cleaned up) if it fails."""
+        self.aug.set(f"{self._node}/text", text)
         try:
             self.aug.text_store(self.lens, f"{self._node}/text", self.tree)
         except ValueError:
@@ -227,7 +271,6 @@ class Editor:
         except BaseException:
             self._cleanup()
             raise
-        return self
 
     def _decode(self, data: bytes) -> str:
         text = fsio.decode_utf8(data, self.path)
@@ -266,6 +309,11 @@ class Editor:
     def _cleanup(self) -> None:
         self.aug.remove(self._node)
         self.aug.remove(f"/augeas/text{self._node}")
+
+    def _writable(self) -> None:
+        if not self.comments:
+            raise ValueError(f"{self.path}: a read-only Editor (comments=False) changes nothing")
+        self._touched = True
 
     # -- the tree, addressed relative to the file --------------------------
     def _abs(self, rel: str) -> str:
@@ -309,7 +357,7 @@ class Editor:
         answer ``key =``), on python3-augeas 0.5.0 and 1.2.0 alike: 1.2.0 turns
         ``set(path, None)`` into "", which lenses refuse on write.
         """
-        self._touched = True
+        self._writable()
         if value:
             self.aug.set(self._abs(rel), value)
         else:
@@ -335,10 +383,10 @@ class Editor:
             self.aug.remove(scratch)
 
     def remove(self, rel: str) -> int:
-        self._touched = True
+        self._writable()
         removed: int = self.aug.remove(self._abs(rel))
         return removed
 
     def insert(self, rel: str, label: str, before: bool = True) -> None:
-        self._touched = True
+        self._writable()
         self.aug.insert(self._abs(rel), label, before)

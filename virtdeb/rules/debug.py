@@ -73,7 +73,7 @@ class Debug(Rule):
         if not self.host.path(CONF).exists():
             return [self.finding(Status.NA, f"no {CONF}",
                                  "libvirt's daemon is not installed here (libvirt-daemon-system)")]
-        with Editor(self.host, CONF, LENS) as ed:
+        with Editor(self.host, CONF, LENS, comments=False) as ed:  # read only
             settings = log_settings(ed)
         shown = ", ".join(f'{k}="{v}"' for k, v in settings.items()) or "libvirt's defaults"
         return [self.finding(Status.NOTE, f"libvirtd logging: {shown}",

@@ -87,7 +87,7 @@ class Qemu(Rule):
     def _settings(self) -> tuple[str, str, str | None] | None:
         if not self.host.path(CONF).exists():
             return None
-        with Editor(self.host, CONF, LENS) as ed:
+        with Editor(self.host, CONF, LENS, comments=False) as ed:  # read only
             return ed.last("user") or DEFAULT_ID, ed.last("group") or DEFAULT_ID, ed.last(KEY)
 
     def check(self) -> list[Finding]:
