@@ -7,7 +7,7 @@ LINTVENV := .cache/lint-venv
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -y -q -o Dpkg::Use-Pty=0 -o DPkg::Lock::Timeout=600 --no-install-recommends
 
 # Everything the tests use, from Debian (the runtime is Debian's python3).
-DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
+DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian python3-apt \
 	python3-debconf python3-pytest python3-hypothesis python3-mypy python3-venv \
 	libvirt-daemon-system libvirt-clients qemu-system-x86 qemu-utils dnsmasq-base \
 	bridge-utils iptables nftables libcap2-bin attr netcat-openbsd iproute2 adduser passwd debconf-utils \

@@ -22,7 +22,7 @@ suite_mirror = $(shell sh $(SUITE_TOP)/mk/mirror.sh $(1))
 suite_aptopt = $(if $(filter sid unstable,$(1)),--aptopt='Acquire::Check-Valid-Until "false"')
 
 # What the tree's pytest, lintian and the private libvirtd need inside a suite's chroot.
-SUITE_TEST_DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian \
+SUITE_TEST_DEPS := python3-augeas augeas-lenses augeas-tools python3-libvirt python3-debian python3-apt \
 	python3-debconf python3-pytest python3-hypothesis libvirt-daemon-system libvirt-clients \
 	qemu-system-x86 qemu-utils dnsmasq-base bridge-utils iptables nftables libcap2-bin attr \
 	netcat-openbsd iproute2 adduser passwd debconf debconf-utils apt-listchanges polkitd \

@@ -1,7 +1,8 @@
 """virtdeb.dpkgstatus against what it replaces: python-debian's PackageFile over the whole
 status file split at blank lines (the Host's reader before), and python-debian's
-Version (apt_pkg's order), on this machine's real /var/lib/dpkg/status and on damaged
-or odd paragraphs."""
+Version (its validity) with apt_pkg's order (dpkg's algorithm, which python-debian's
+Version uses where python3-apt is installed), on this machine's real
+/var/lib/dpkg/status and on damaged or odd paragraphs."""
 
 from __future__ import annotations
 
@@ -10,13 +11,15 @@ import random
 import re
 from pathlib import Path
 
+import apt_pkg
 import pytest
 
+from debian import debian_support
 from virtdeb import dpkgstatus
 from virtdeb.errors import ParseError
 from virtdeb.host import DPKG_STATUS, Host
 
-debian_support = pytest.importorskip("debian.debian_support")
+apt_pkg.init_system()
 
 REAL = Path(DPKG_STATUS)
 HINT = "dpkg's database looks damaged: see dpkg --audit"
@@ -125,7 +128,8 @@ def _sign(n: int) -> int:
 
 def _reference(a: str, b: str) -> int | str:
     try:
-        return _sign(debian_support.Version(a)._compare(debian_support.Version(b)))
+        debian_support.Version(a), debian_support.Version(b)
+        return _sign(apt_pkg.version_compare(a, b))
     except ValueError as exc:
         return str(exc)
 
