@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd
+from tests.harness.libvirtd import PrivateLibvirtd
 
 CPU_ENV = "VIRTDEB_TEST_CPU"
 HOST = "host"  # this machine's CPU as libvirt reports it, unedited
@@ -271,13 +271,15 @@ def one_core() -> Iterator[None]:
         os.sched_setaffinity(0, mask)
 
 
-def probe_caps(into: Path) -> Path:
-    """A copy of the qemu capabilities cache of a daemon started on one core (qemu probed
-    once, or the checkout's cache reused when libvirt finds it valid)."""
+def probe_caps(into: Path, daemon: PrivateLibvirtd | None = None) -> Path:
+    """A copy of the qemu capabilities cache of DAEMON (not started yet; by default one of
+    this host's) started on one core: qemu probed once, or the cache kept for its image
+    reused when libvirt finds it valid."""
+    daemon = daemon or PrivateLibvirtd()
     with one_core():
-        daemon = PrivateLibvirtd().start()
+        daemon.start()
     try:
-        shutil.copytree(daemon.scratch / CAPS_SUBDIR, into)
+        shutil.copytree(daemon.caps_dir, into)
     finally:
         daemon.stop()
     return into

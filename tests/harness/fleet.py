@@ -45,7 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.harness import cpucaps, procs
-from tests.harness.libvirtd import CAPS_SUBDIR, PrivateLibvirtd
+from tests.harness.libvirtd import PrivateLibvirtd
 from tests.harness.procs import clean_env, kill_netns_processes
 
 PREFIX = "vdfleet-"
@@ -252,13 +252,7 @@ class Fleet:
         if probed is None:
             probe = PrivateLibvirtd(root=h.image, overlay=True, start_timeout=60)
             self._host_dirs.append(str(probe.scratch))
-            with cpucaps.one_core():
-                probe.start()
-            try:
-                probed = self.scratch / f"probed-{h.image.name}"
-                shutil.copytree(probe.scratch / "upper" / CAPS_SUBDIR, probed)
-            finally:
-                probe.stop()
+            probed = cpucaps.probe_caps(self.scratch / f"probed-{h.image.name}", probe)
             self._probed[h.image] = probed
         edited = self.scratch / f"caps-{h.name}"
         cpucaps.edit_caps(probed, edited, cpucaps.PROFILES[h.cpu], h.image)

@@ -366,6 +366,12 @@ class PrivateLibvirtd:
         return list(self._state.notes)
 
     @property
+    def caps_dir(self) -> Path:
+        """The daemon's qemu capabilities cache as the host sees it (in the overlay's
+        upper layer under a root)."""
+        return self._state.caps_dir
+
+    @property
     def pid(self) -> int | None:
         """Pid of libvirtd (the Popen child), or None when not running."""
         proc = self._state.proc
