@@ -75,7 +75,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.harness.procs import PATH, is_gone
+from tests.harness.procs import PATH, is_gone, starttime
 
 PREFIX = "vdboot-"
 _NAME_RE = re.compile(r"^vdboot-(\d+)-[0-9a-f]+$")
@@ -116,15 +116,6 @@ def _nspid(pid: int) -> list[int]:
             if line.startswith("NSpid:"):
                 return [int(x) for x in line.split()[1:]]
     return []
-
-
-def starttime(pid: int) -> str | None:
-    """PID's start time (clock ticks after boot), which tells a reused pid apart."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return stat[stat.rfind(")") + 2:].split()[19]
 
 
 def _alive(pid: int, start: str) -> bool:

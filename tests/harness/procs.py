@@ -51,23 +51,32 @@ def netns_exists(netns: str) -> bool:
     return Path("/run/netns", netns).exists()
 
 
-def is_gone(pid: int) -> bool:
-    """Whether PID no longer runs (absent, or a zombie)."""
+def _stat(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after "pid (comm)" (state first), None when gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except OSError:
-        return True
+        return None
     # "pid (comm) S ..." - comm may contain spaces or parentheses
-    return stat[stat.rfind(")") + 2:].startswith(("Z", "X"))
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def is_gone(pid: int) -> bool:
+    """Whether PID no longer runs (absent, or a zombie)."""
+    fields = _stat(pid)
+    return fields is None or fields[0] in ("Z", "X")
 
 
 def is_zombie(pid: int) -> bool:
     """Whether PID is a zombie (exited, not reaped yet)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rfind(")") + 2:].startswith("Z")
+    fields = _stat(pid)
+    return fields is not None and fields[0] == "Z"
+
+
+def starttime(pid: int) -> str | None:
+    """PID's start time (clock ticks after boot), which tells a reused pid apart."""
+    fields = _stat(pid)
+    return fields[19] if fields is not None else None
 
 
 def _pid_alive(pid: int) -> bool:
