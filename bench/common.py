@@ -15,7 +15,9 @@ if str(TOP) not in sys.path:
     sys.path.insert(0, str(TOP))
 
 PY = "/usr/bin/python3"
-ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+from tests.harness.procs import PATH  # noqa: E402  (after TOP joins sys.path)
+
+ENV = {"PATH": PATH,
        "LC_ALL": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1", "HOME": "/root",
        "PYTHONPATH": str(TOP)}
 

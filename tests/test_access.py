@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.golden import snapshot
+from tests.harness.procs import PATH
 from virtdeb.cli import main
 from virtdeb.errors import UsageError
 from virtdeb.host import Host
@@ -18,7 +19,6 @@ from virtdeb.rules import Status
 from virtdeb.rules.access import Access
 from virtdeb.system import groups
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 EXTRA_USERS = "alice:x:1001:1001:Alice,,,:/home/alice:/bin/bash\n"
 ETC = Path(__file__).parent / "data/etc"
 

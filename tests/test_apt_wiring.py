@@ -19,13 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.procs import PATH
+
 pytestmark = pytest.mark.integration
 
 TOP = Path(__file__).resolve().parent.parent
 SNIPPET = TOP / "hooks" / "99virtdeb"
 HOOK = "/usr/lib/virtdeb/apt-hook"
 CLEAN_ENV = {
-    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "PATH": PATH,
     "LC_ALL": "C.UTF-8",
     "DEBIAN_FRONTEND": "noninteractive",
     "HOME": "/root",

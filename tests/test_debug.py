@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 
 from tests.golden import snapshot
+from tests.harness.procs import PATH
 from virtdeb.cli import main
 from virtdeb.host import Host
 from virtdeb.rules import Status
 from virtdeb.rules.debug import DEFAULT_FILTERS, Debug
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 REPO = Path(__file__).resolve().parent.parent
 LIBVIRTD_CONF = REPO / "tests/cases/debug/libvirtd.conf"
 # /etc/libvirt/libvirtd.conf of libvirt-daemon-system 9.0.0-4+deb12u2 (dpkg status Conffiles).

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.harness.procs import PATH
 from virtdeb.effects import ConflictError
 from virtdeb.effects.alternative import AlternativeChange
 from virtdeb.host import Host
@@ -16,7 +17,6 @@ from virtdeb.rules import Status
 from virtdeb.rules.ssh import Ssh, has_ssh_helper
 from virtdeb.system import alternatives
 
-PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 STATUS = """Package: netcat-openbsd
 Status: install ok installed
 Version: 1.219-1
