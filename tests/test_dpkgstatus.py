@@ -128,7 +128,9 @@ def _sign(n: int) -> int:
 
 def _reference(a: str, b: str) -> int | str:
     try:
-        debian_support.Version(a), debian_support.Version(b)
+        # python-debian says which versions are valid (ValueError), apt_pkg orders them
+        for version in (a, b):
+            debian_support.Version(version)
         return _sign(apt_pkg.version_compare(a, b))
     except ValueError as exc:
         return str(exc)
