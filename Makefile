@@ -64,8 +64,9 @@ CHECK_TESTS := $(foreach s,$(SUITES),suite-$(s)) booted fleet upgrade-test ansib
 # what phase 2 made is not made again in phase 4 (-o: the tests start at once)
 CHECK_MADE := $(foreach t,deps package package-old suites-prep subids,-o $(t))
 check:
-	@guard=$$(mktemp); sh mk/host-guard.sh save "$$guard"; start=$$(date +%s); rc=0; \
-	phase() { t=$$(date +%s); shift; $(MAKE) --no-print-directory "$$@" || rc=$$?; \
+	@guard=$$(mktemp); log=$$(mktemp); sh mk/host-guard.sh save "$$guard"; start=$$(date +%s); rc=0; \
+	phase() { t=$$(date +%s); shift; $(MAKE) --no-print-directory "$$@" 2>&1 | tee -a "$$log"; \
+		r=$${PIPESTATUS[0]}; [ $$r = 0 ] || rc=$$r; \
 		echo "make check: $$name $$([ $$rc = 0 ] && echo done || echo FAILED)" \
 			"in $$(( $$(date +%s) - t )) s"; }; \
 	name=lint phase x lint; \
@@ -73,8 +74,14 @@ check:
 	[ $$rc = 0 ] && name=images phase x -j$(CHECK_JOBS) $(CHECK_IMAGES); \
 	[ $$rc = 0 ] && name=tests phase x -j$(CHECK_JOBS) -O --keep-going $(CHECK_MADE) $(CHECK_TESTS); \
 	sh mk/host-guard.sh compare "$$guard" || rc=1; rm -f "$$guard"; \
+	[ $$rc = 0 ] || { echo "make check: what failed (each test's whole output is above):"; \
+		grep -E "$(CHECK_FAILED_LINES)" "$$log" | head -n 40 | sed 's/^/  /'; }; rm -f "$$log"; \
 	echo "make check: $$([ $$rc = 0 ] && echo passed || echo FAILED)" \
 		"in $$(( ($$(date +%s) - start) / 60 )) min $$(( ($$(date +%s) - start) % 60 )) s"; exit $$rc
+# the lines of a failure, repeated at the end of make check: pytest's failed tests (also
+# inside a suite's step log), a suite step's and a suite's FAIL line, autopkgtest's
+# summary, the upgrade test's FAIL lines, make's errors
+CHECK_FAILED_LINES := (^|\| )(FAILED|ERROR) [^ ]+::|^[a-z]+ [a-z-]+: FAIL \(|: FAILED:|\| [a-z0-9_-]+ +FAIL |^FAIL: |^make(\[[0-9]+\])?: \*\*\*
 check-full: check
 
 # The CPU tests against one CPU: CPU=host (this machine's), intel-haswell or amd-epyc
