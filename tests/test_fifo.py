@@ -3,8 +3,10 @@
 Opening a FIFO for reading waits for a writer: every read of a host file goes
 through the one reader (fsio.read_bytes: O_NONBLOCK, regular files only).  For
 virtdeb.conf, dpkg's status file and every file a rule reads, ``virtdeb doctor``,
-``virtdeb apply`` and the postinst (``maint configure``) must answer within a
-second with a one-line error that names the file.
+``virtdeb apply`` and the postinst (``maint configure``) must answer with a one-line
+error that names the file, never waiting for a writer.  A run that waits is ended by
+SIGALRM after GUARD seconds, a failure; how fast the answer comes is no unit test's
+business (the time of a run depends on the machine's load): bench/ measures speed.
 """
 
 from __future__ import annotations
@@ -15,8 +17,7 @@ import logging
 import os
 import shutil
 import signal
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from types import FrameType
 
@@ -50,8 +51,7 @@ READS = {
     "/var/lib/virtdeb/cpu/baseline.json": {"postinst"},
     "/proc/cpuinfo": {"postinst"},
 }
-LIMIT = 1.0  # seconds
-GUARD = 5  # seconds: SIGALRM ends a hang as a test failure instead of a stuck run
+GUARD = 60  # seconds: SIGALRM ends a hang as a test failure instead of a stuck run
 
 
 class Hung(BaseException):  # not an Exception: maint catches those per rule
@@ -59,19 +59,16 @@ class Hung(BaseException):  # not an Exception: maint catches those per rule
 
 
 @contextlib.contextmanager
-def guarded() -> Iterator[Callable[[], float]]:
-    """Fail (not hang) after GUARD seconds; yields a function giving the time taken."""
+def guarded() -> Iterator[None]:
+    """Fail (not hang) after GUARD seconds."""
     def alarm(_sig: int, _frame: FrameType | None) -> None:
         raise Hung(f"still blocked after {GUARD} s")
 
     old = signal.signal(signal.SIGALRM, alarm)
-    start = time.monotonic()
-    end: list[float] = []
     signal.alarm(GUARD)
     try:
-        yield lambda: (end[0] if end else time.monotonic()) - start
+        yield
     finally:
-        end.append(time.monotonic())
         signal.alarm(0)
         signal.signal(signal.SIGALRM, old)
 
@@ -96,12 +93,11 @@ def fifo_root(pristine: Path, tmp_path: Path, path: str) -> Path:
     return root
 
 
-def run_cli(argv: list[str]) -> tuple[int, str, float]:
+def run_cli(argv: list[str]) -> tuple[int, str]:
     err = io.StringIO()
-    with guarded() as took, contextlib.redirect_stdout(io.StringIO()), \
-            contextlib.redirect_stderr(err):
+    with guarded(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):
         code = cli.main(argv)
-    return code, err.getvalue(), took()
+    return code, err.getvalue()
 
 
 def assert_one_line_naming(path: str, lines: list[str]) -> None:
@@ -113,8 +109,7 @@ def assert_one_line_naming(path: str, lines: list[str]) -> None:
 @pytest.mark.parametrize("path", sorted(READS))
 def test_doctor(pristine: Path, tmp_path: Path, path: str) -> None:
     root = fifo_root(pristine, tmp_path, path)
-    code, err, took = run_cli(["doctor", "--root", str(root), "-c", fl.URI])
-    assert took < LIMIT, f"{took:.2f} s"
+    code, err = run_cli(["doctor", "--root", str(root), "-c", fl.URI])
     if "doctor" not in READS[path]:
         assert code in (0, 1) and not err, err
         return
@@ -126,9 +121,8 @@ def test_doctor(pristine: Path, tmp_path: Path, path: str) -> None:
 @pytest.mark.parametrize("path", sorted(READS))
 def test_apply(pristine: Path, tmp_path: Path, path: str) -> None:
     root = fifo_root(pristine, tmp_path, path)
-    code, err, took = run_cli(["apply", "--root", str(root), "-c", fl.URI, "--dry-run",
-                               *[r for r in ORDER if r != "cpu"]])
-    assert took < LIMIT, f"{took:.2f} s"
+    code, err = run_cli(["apply", "--root", str(root), "-c", fl.URI, "--dry-run",
+                         *[r for r in ORDER if r != "cpu"]])
     if "apply" not in READS[path]:
         assert code == 0 and not err, err
         return
@@ -142,9 +136,8 @@ def test_postinst(pristine: Path, tmp_path: Path, path: str,
                   caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]) -> None:
     root = fifo_root(pristine, tmp_path, path)
     caplog.set_level(logging.WARNING)
-    with guarded() as took:
+    with guarded():
         code = maint.main(["configure", ""], root=str(root))
-    assert took() < LIMIT, f"{took():.2f} s"
     printed = capsys.readouterr().err.splitlines()
     if path in (CONF, STATUS):  # virtdeb cannot work: the install fails, with one line
         assert code == 1
