@@ -218,7 +218,7 @@ def test_parallel_reports_a_hung_host_and_keeps_the_others() -> None:
     start = time.monotonic()
     out = b.parallel({"ok": lambda: "fine", "hung": hang, "down": refuse},
                      time.monotonic() + 0.3, 0.3)
-    assert time.monotonic() - start < 2
+    assert time.monotonic() - start < 15  # long before the hung host's 30 s, even when loaded
     assert (out["ok"].value, out["ok"].error) == ("fine", None)
     assert out["hung"].error == "no answer within 0.3 s"
     assert out["down"].error == "qemu+ssh://x/system: cannot connect: refused"
