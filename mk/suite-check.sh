@@ -48,9 +48,10 @@ step() {
     else
         echo "$SUITE $_name: FAIL (exit $_rc, ${_secs}s) $_line; log: $OUT/$_name.log"
         tail -n 40 "$OUT/$_name.log" | sed "s/^/  $SUITE $_name| /"
-        # pytest's failed tests, wherever they are in the log (autopkgtest's unit test
-        # runs before its system test, whose output fills the tail)
-        grep -E '^(FAILED|ERROR) ' "$OUT/$_name.log" | head -n 20 | sed "s/^/  $SUITE $_name| /"
+        # pytest's failed tests above those 40 lines (autopkgtest's unit test runs before
+        # its system test, whose output fills the tail); the tail's own are shown already
+        head -n -40 "$OUT/$_name.log" | grep -E '^(FAILED|ERROR) ' | head -n 20 \
+            | sed "s/^/  $SUITE $_name| /"
         FAILED="$FAILED $_name"
     fi
 }
