@@ -5,8 +5,8 @@ through the one reader (fsio.read_bytes: O_NONBLOCK, regular files only).  For
 virtdeb.conf, dpkg's status file and every file a rule reads, ``virtdeb doctor``,
 ``virtdeb apply`` and the postinst (``maint configure``) must answer with a one-line
 error that names the file, never waiting for a writer.  A run that waits is ended by
-SIGALRM after GUARD seconds, a failure; how fast the answer comes is no unit test's
-business (the time of a run depends on the machine's load): bench/ measures speed.
+SIGALRM after GUARD seconds, a failure.  How fast the answer comes is not timed here:
+a run's time depends on the machine's load.
 """
 
 from __future__ import annotations
