@@ -21,7 +21,9 @@ installed package's are.
 
 And the start-up: `virtdeb doctor` on this host (root /, qemu:///system) against
 `virt-host-validate qemu`, both whole processes, medians of paired runs.  Goal: doctor
-within 3 times virt-host-validate's time.
+within 3 times virt-host-validate's time.  Measured in the same turns, the floor under
+it: a bare ``python3 -c pass``, and python3 doing only what any doctor that reads
+libvirtd.conf and qemu.conf with libvirt's Augeas lenses must do first (AUGEAS_FLOOR).
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ from __future__ import annotations
 import compileall
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from common import PY, TOP, best, command, paired_medians, ratio, ratio_line, runs
+from common import ENV, PY, TOP, best, command, paired_medians, ratio, ratio_line, runs
 
 from tests.harness import faults as fl
 
@@ -64,16 +67,40 @@ def main() -> int:
     return 0
 
 
+# The floor under any doctor that reads libvirtd.conf and qemu.conf with libvirt's
+# lenses: python3 loading python-augeas as virtdeb does (virtdeb/augeaslib.py, a leaf
+# module) and compiling the two lenses on an empty text, no file read, no check made.
+AUGEAS_FLOOR = """
+from virtdeb.augeaslib import augeas_instance
+aug = augeas_instance()
+for lens in ("Libvirtd.lns", "Libvirtd_qemu.lns"):
+    aug.set("/t/text", "\\n")
+    aug.text_store(lens, "/t/text", "/t/tree")
+"""
+
+
 def startup(count: int = 15) -> None:
-    """virtdeb doctor against virt-host-validate qemu, on this host as it is."""
+    """virtdeb doctor against virt-host-validate qemu, on this host as it is, and the
+    floor beside it: a bare python3, and python3 loading libvirt's two Augeas lenses."""
     if shutil.which("virt-host-validate") is None:
         print("doctor: virt-host-validate missing (libvirt-clients): no start-up ratio")
         return
-    doctor, validate = paired_medians([[PY, "-m", "virtdeb", "doctor"],
-                                       ["virt-host-validate", "qemu"]], count)
+    floor = [PY, "-c", AUGEAS_FLOOR]
+    proc = subprocess.run(floor, capture_output=True, text=True, env=ENV, check=False)
+    argvs = [[PY, "-m", "virtdeb", "doctor"], ["virt-host-validate", "qemu"],
+             [PY, "-c", "pass"]] + ([floor] if proc.returncode == 0 else [])
+    if proc.returncode != 0:
+        print("doctor: no Augeas floor: loading libvirt's lenses failed:"
+              f" {(proc.stderr.strip().splitlines() or ['?'])[-1]}")
+    times = paired_medians(argvs, count)
+    doctor, validate, bare = times[:3]
+    floors = f"; floor: bare python3 {bare / validate:.2f}x"
+    if len(times) > 3:
+        floors += (f", python3 loading libvirt's two Augeas lenses (no virtdeb check)"
+                   f" {times[3] / validate:.2f}x ({times[3] * 1000:.1f} ms)")
     print(ratio("virtdeb doctor / virt-host-validate qemu", doctor / validate, "<= 3x",
                 f"{doctor * 1000:.1f} ms vs {validate * 1000:.1f} ms, medians of {count}"
-                " paired runs on this host"))
+                f" paired runs on this host{floors}"))
 
 
 def bench(label: str, root: Path, rules: list[str]) -> None:

@@ -107,7 +107,7 @@ import subprocess
 def refuse(*args, **kwargs):
     raise AssertionError(f"ran {args[0] if args else kwargs.get('args')}")
 subprocess.Popen = refuse  # ctypes.util.find_library runs ldconfig -p through it
-from virtdeb.edit import augeas_instance
+from virtdeb.augeaslib import augeas_instance
 aug = augeas_instance()
 aug.set("/t/text", "log_level = 1\\n")
 aug.text_store("Libvirtd.lns", "/t/text", "/t/tree")

@@ -15,11 +15,11 @@ journal makes the change with the one atomic writer.  A parse error raises
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from virtdeb import fsio
+from virtdeb.augeaslib import augeas_instance
 from virtdeb.errors import ParseError
 from virtdeb.host import Host
 
@@ -27,60 +27,6 @@ if TYPE_CHECKING:  # imported where a change is made: doctor makes none
     from virtdeb.effects.file import FileChange
 
 log = logging.getLogger(__name__)
-
-LENS_DIR = str(Path(__file__).parent / "lenses")
-LIBAUGEAS = "libaugeas.so.0"  # libaugeas0's soname
-_AUG: Any = None
-
-
-def _import_augeas() -> Any:
-    """The augeas module, without the ``ldconfig -p`` of python-augeas 0.5 (bookworm).
-
-    That version is one module over ctypes that finds libaugeas with
-    ``ctypes.util.find_library("augeas")``, which runs ``/sbin/ldconfig -p`` (a fork
-    and exec, milliseconds of every doctor run).  While it is imported, find_library
-    answers the soname when the dynamic loader loads it by that name, and asks ldconfig
-    only otherwise.  python-augeas 1.x (trixie and later: cffi, a package) is imported
-    as it is.
-    """
-    from importlib.util import find_spec
-
-    spec = find_spec("augeas")
-    if spec is None or spec.origin is None or not spec.origin.endswith("augeas.py"):
-        import augeas
-
-        return augeas
-    import ctypes
-    import ctypes.util
-
-    find_library = ctypes.util.find_library
-
-    def soname_first(name: str) -> str | None:
-        if name == "augeas":
-            try:
-                ctypes.CDLL(LIBAUGEAS)
-                return LIBAUGEAS
-            except OSError:
-                pass
-        return find_library(name)
-
-    ctypes.util.find_library = soname_first
-    try:
-        import augeas
-    finally:
-        ctypes.util.find_library = find_library
-    return augeas
-
-
-def augeas_instance() -> Any:
-    """One Augeas per process: no files loaded, lenses loaded on first use."""
-    global _AUG
-    if _AUG is None:
-        augeas = _import_augeas()
-        _AUG = augeas.Augeas(loadpath=LENS_DIR,
-                             flags=augeas.Augeas.NO_LOAD | augeas.Augeas.NO_MODL_AUTOLOAD)
-    return _AUG
-
 
 def _text(value: str | bytes | None) -> str | None:
     """A node's value alike on python3-augeas 0.5.0 and 1.2.0: no value and "" are None.
