@@ -370,6 +370,17 @@ class TestStory:
              " && virsh -c qemu:///system net-list --all >/dev/null"
              " && systemctl stop libvirtd.service")
         state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
+        if state[0] == "failed":
+            # libvirt's own stop, before virtdeb is installed: under load (make check's two
+            # jobs on two cores) trixie's libvirtd has exited 1 on SIGTERM.  Not what this
+            # story tests; kept in the report, and the unit's failed state cleared.
+            s.note("libvirtd's stop before the install failed (libvirt, not virtdeb): "
+                   + str(s.unit("libvirtd.service", "Result", "ExecMainCode",
+                                "ExecMainStatus")) + " | "
+                   + " | ".join(s.b.journal(0, "libvirtd.service",
+                                            "-o short-monotonic | tail -n 30").splitlines()))
+            s.sh("systemctl reset-failed libvirtd.service")
+            state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
         assert state == ["inactive", "active"], (state, s.unit(
             "libvirtd.service", "Result", "ExecMainCode", "ExecMainStatus"),
             s.b.journal(0, "libvirtd.service", "-o short-monotonic | tail -n 15"))
