@@ -369,21 +369,18 @@ class TestStory:
              " && virsh -c qemu:///system nodedev-list >/dev/null"
              " && virsh -c qemu:///system net-list --all >/dev/null"
              " && systemctl stop libvirtd.service")
-        state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
+        states = "systemctl is-active libvirtd.service libvirtd.socket || true"
+        state = s.sh(states).split()
         if state[0] == "failed":
             # libvirt's own stop, before virtdeb is installed: under load (make check's two
             # jobs on two cores) trixie's libvirtd has exited 1 on SIGTERM.  Not what this
             # story tests; kept in the report, and the unit's failed state cleared.
+            unit, journal = self._libvirtd_stop(s, 30)
             s.note("libvirtd's stop before the install failed (libvirt, not virtdeb): "
-                   + str(s.unit("libvirtd.service", "Result", "ExecMainCode",
-                                "ExecMainStatus")) + " | "
-                   + " | ".join(s.b.journal(0, "libvirtd.service",
-                                            "-o short-monotonic | tail -n 30").splitlines()))
+                   + str(unit) + " | " + " | ".join(journal.splitlines()))
             s.sh("systemctl reset-failed libvirtd.service")
-            state = s.sh("systemctl is-active libvirtd.service libvirtd.socket || true").split()
-        assert state == ["inactive", "active"], (state, s.unit(
-            "libvirtd.service", "Result", "ExecMainCode", "ExecMainStatus"),
-            s.b.journal(0, "libvirtd.service", "-o short-monotonic | tail -n 15"))
+            state = s.sh(states).split()
+        assert state == ["inactive", "active"], (state, *self._libvirtd_stop(s, 15))
         stopped = int(s.unit("libvirtd.service", "InactiveEnterTimestampMonotonic")
                       ["InactiveEnterTimestampMonotonic"])
         s.sh(f"useradd --create-home {USER}")
@@ -398,6 +395,12 @@ class TestStory:
         assert int(after["ActiveEnterTimestampMonotonic"]) > stopped, \
             "libvirtd was not started again (by the socket)"
         assert s.b.failed_units() == []
+
+    @staticmethod
+    def _libvirtd_stop(s: Story, lines: int) -> tuple[dict[str, str], str]:
+        """How libvirtd.service ended: its result and the last LINES of its journal."""
+        return (s.unit("libvirtd.service", "Result", "ExecMainCode", "ExecMainStatus"),
+                s.b.journal(0, "libvirtd.service", f"-o short-monotonic | tail -n {lines}"))
 
     def test_b_default_network_active_autostarted_and_after_reboot(self, story: Story) -> None:
         s = story
